@@ -1,0 +1,11 @@
+"""ComfyUI glue: every GuideKit node, registered through the V3 extension API."""
+from __future__ import annotations
+
+from comfy_api.latest import ComfyExtension, io
+
+NODES: list[type[io.ComfyNode]] = []
+
+
+class GuideKitExtension(ComfyExtension):
+    async def get_node_list(self) -> list[type[io.ComfyNode]]:
+        return list(NODES)

@@ -1,0 +1,1 @@
+"""Postprocess flow refiner: model, training and nearest-neighbour search. No ComfyUI imports."""

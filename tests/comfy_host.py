@@ -1,0 +1,32 @@
+"""Import the real ComfyUI in-process, CPU only, without letting it parse our command line."""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+
+def comfyui_path() -> Path:
+    """The ComfyUI folder under test: $COMFYUI_PATH (scripts/host.py sets it for every command)."""
+    path = os.environ.get("COMFYUI_PATH")
+    if not path:
+        raise RuntimeError("COMFYUI_PATH is not set: run through `python3 scripts/host.py test` "
+                           "or export the variables printed by `python3 scripts/host.py env`")
+    return Path(path)
+
+
+def import_comfy():
+    """Put ComfyUI on sys.path, switch it to the CPU, import it, and return the `comfy` package."""
+    root = str(comfyui_path())
+    if root not in sys.path:
+        sys.path.insert(0, root)
+    import comfy.options
+    comfy.options.enable_args_parsing(False)
+    import comfy.cli_args
+    comfy.cli_args.args.cpu = True
+    import comfy.model_management  # noqa: F401  (reads args.cpu at import)
+    import comfy.sample  # noqa: F401
+    import comfy.sd  # noqa: F401
+    import torch
+    torch.set_flush_denormal(True)
+    return comfy

@@ -1,0 +1,116 @@
+"""Tier 3: workflows through a real ComfyUI server (main.py --cpu on loopback) and the headless runner."""
+import json
+import os
+import socket
+import subprocess
+import sys
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+REPO = Path(__file__).resolve().parent.parent
+DEMO = REPO / "workflows" / "api" / "txt2img_default.json"
+
+
+def load_demo() -> dict:
+    return json.loads(DEMO.read_text())
+
+
+def run_cli(*args, models_dir=None, timeout=600):
+    env = dict(os.environ)
+    if models_dir is not None:
+        env["GUIDEKIT_MODELS_DIR"] = str(models_dir)
+    return subprocess.run([sys.executable, "-m", "guidekit.run", *map(str, args)], capture_output=True,
+                          text=True, env=env, timeout=timeout)
+
+
+def comfyui_processes() -> list[str]:
+    out = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
+    return [line for line in out.splitlines() if "main.py --cpu" in line and "guidekit-run-" in line]
+
+
+def test_server_loads_the_pack_without_errors(server):
+    log = server.log_path.read_text()
+    assert "IMPORT FAILED" not in "\n".join(l for l in log.splitlines() if "guidekit" in l.lower())
+    assert any("custom_nodes" in l and l.rstrip().endswith(("comfyui-guidekit", REPO.name))
+               for l in log.splitlines()), "the pack was not imported by the server"
+    with urllib.request.urlopen(server.url + "/workflow_templates") as r:
+        templates = json.load(r)
+    assert any("txt2img_default" in names for names in templates.values()), templates
+
+
+def test_demo_workflow_renders_an_image_deterministically(server, tmp_path):
+    first = server.run(load_demo(), tmp_path / "a")
+    server.free()                         # recompute every node instead of reusing cached outputs
+    second = server.run(load_demo(), tmp_path / "b")
+    assert len(first.images) == 1 and len(second.images) == 1
+    a = np.asarray(Image.open(first.images[0]))
+    b = np.asarray(Image.open(second.images[0]))
+    assert a.shape == (64, 64, 3)
+    assert np.array_equal(a, b), "same workflow and seed must give the same image"
+    prompt = load_demo()
+    prompt["5"]["inputs"]["seed"] = 1
+    c = np.asarray(Image.open(server.run(prompt, tmp_path / "c").images[0]))
+    assert not np.array_equal(a, c)
+
+
+def test_runner_cli_main_command(models_dir, tmp_path):
+    out = run_cli(DEMO, "--out", tmp_path, "--set", "KSampler.steps=2", "--set", "4.width=128",
+                  models_dir=models_dir)
+    assert out.returncode == 0, out.stderr
+    images = sorted(tmp_path.glob("*.png"))
+    assert [str(p) for p in images] == [line for line in out.stdout.splitlines() if line.endswith(".png")]
+    assert Image.open(images[0]).size == (128, 64)
+    assert not comfyui_processes(), "the runner left a ComfyUI process behind"
+
+
+def test_runner_missing_checkpoint_names_the_input(models_dir, tmp_path):
+    out = run_cli(DEMO, "--out", tmp_path, "--set", "CheckpointLoaderSimple.ckpt_name=nope.safetensors",
+                  models_dir=models_dir)
+    assert out.returncode == 1
+    error = [l for l in out.stderr.splitlines() if "error:" in l]
+    assert len(error) == 1 and "ckpt_name" in error[0] and "nope.safetensors" in error[0], out.stderr
+    assert not comfyui_processes()
+
+
+def test_runner_reports_a_node_failure_with_comfyuis_text(models_dir, tmp_path):
+    """A 16-channel SD3 latent decoded by the SD1.5 VAE fails inside VAEDecode at run time."""
+    prompt = load_demo()
+    prompt["8"] = {"class_type": "EmptySD3LatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}}
+    prompt["6"]["inputs"]["samples"] = ["8", 0]
+    wf = tmp_path / "bad_latent.json"
+    wf.write_text(json.dumps(prompt))
+    out = run_cli(wf, "--out", tmp_path, models_dir=models_dir)
+    assert out.returncode == 1
+    assert "node 6 (VAEDecode) failed" in out.stderr and "channels" in out.stderr, out.stderr
+    assert not comfyui_processes()
+
+
+def test_runner_rejects_malformed_json_and_ui_format(tmp_path):
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"1": {"class_type": ')
+    out = run_cli(bad)
+    assert out.returncode == 2 and "not valid JSON" in out.stderr and out.stderr.count("\n") == 1
+    out = run_cli(REPO / "workflows" / "txt2img_default.json")
+    assert out.returncode == 2 and "UI-format" in out.stderr
+
+
+def test_runner_port_in_use(models_dir, tmp_path):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        out = run_cli(DEMO, "--port", port, "--out", tmp_path, models_dir=models_dir)
+    assert out.returncode == 2 and f"port {port}" in out.stderr and "in use" in out.stderr
+    assert not comfyui_processes()
+
+
+def test_runner_bad_set_option(tmp_path):
+    out = run_cli(DEMO, "--set", "KSampler.steps")
+    assert out.returncode == 2 and "NODE.INPUT=VALUE" in out.stderr
+    out = run_cli(DEMO, "--set", "NoSuchNode.x=1")
+    assert out.returncode == 2 and "no node" in out.stderr
