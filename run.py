@@ -2,6 +2,8 @@
 
     python -m guidekit.run WORKFLOW.json [--set NODE.INPUT=VALUE ...] [--out DIR]
 
+WORKFLOW is API format ("Export (API)") or UI format (a saved workflow or template; converted with the
+server's node definitions).
 NODE is a node id, a unique class_type or a unique node title; VALUE is parsed as JSON when it can
 be (numbers, true/false, lists) and taken as a string otherwise. The server always stops, also on
 errors; the exit status is 0 on success, 1 when ComfyUI rejects or fails the workflow, 2 for bad
@@ -24,6 +26,11 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
+try:
+    from .ui_workflow import WorkflowFormatError, is_ui_format, ui_to_api
+except ImportError:                                    # run as a plain script
+    from ui_workflow import WorkflowFormatError, is_ui_format, ui_to_api
+
 MODEL_FOLDERS = ("checkpoints", "vae", "vae_approx", "loras", "clip", "text_encoders", "diffusion_models",
                  "unet", "clip_vision", "embeddings", "upscale_models", "controlnet", "guidekit")
 
@@ -40,19 +47,19 @@ class RunError(Exception):
 # Workflow files
 
 def load_workflow(path: Path) -> dict:
-    """Read an API-format workflow; reject UI-format files and malformed JSON with a clear message."""
+    """Read an API- or UI-format workflow; reject anything else and malformed JSON with a clear message."""
     if not path.is_file():
         raise RunError(f"workflow file {path} does not exist", 2)
     try:
         prompt = json.loads(path.read_text())
     except json.JSONDecodeError as err:
         raise RunError(f"{path} is not valid JSON (line {err.lineno}, column {err.colno}: {err.msg})", 2)
-    if isinstance(prompt, dict) and "nodes" in prompt and "links" in prompt:
-        raise RunError(f"{path} is a UI-format workflow; use its API-format twin (*_api.json) or save it "
-                       "from ComfyUI with 'Export (API)'", 2)
+    if is_ui_format(prompt):
+        return prompt
     if not isinstance(prompt, dict) or not prompt or not all(
             isinstance(n, dict) and "class_type" in n for n in prompt.values()):
-        raise RunError(f"{path} is not an API-format workflow ({{node_id: {{class_type, inputs}}}})", 2)
+        raise RunError(f"{path} is neither an API-format workflow ({{node_id: {{class_type, inputs}}}}) "
+                       "nor a UI-format one (nodes, links)", 2)
     return prompt
 
 
@@ -207,6 +214,20 @@ class ComfyServer:
     def __exit__(self, *exc) -> None:
         self.stop()
 
+    def object_info(self) -> dict:
+        import urllib.request
+        with urllib.request.urlopen(self.url + "/object_info", timeout=60) as r:
+            return json.load(r)
+
+    def to_api(self, workflow: dict) -> dict:
+        """The workflow in API format (UI-format files are converted with this server's node definitions)."""
+        if not is_ui_format(workflow):
+            return workflow
+        try:
+            return ui_to_api(workflow, self.object_info())
+        except WorkflowFormatError as err:
+            raise RunError(str(err), 2)
+
     def free(self) -> None:
         """Drop ComfyUI's cached node outputs and unload models, so the next run recomputes everything."""
         import urllib.request
@@ -316,7 +337,7 @@ async def _follow(ws, prompt_id: str, timeout: float, progress: bool) -> None:
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m guidekit.run", description=__doc__.split("\n\n")[0])
-    p.add_argument("workflow", type=Path, help="API-format workflow JSON")
+    p.add_argument("workflow", type=Path, help="workflow JSON, API or UI format")
     p.add_argument("--set", dest="sets", action="append", default=[], metavar="NODE.INPUT=VALUE",
                    help="override an input (repeatable), e.g. --set KSampler.seed=7")
     p.add_argument("--out", type=Path, default=Path("guidekit-out"), help="folder for output images")
@@ -335,7 +356,9 @@ def main(argv: list[str] | None = None) -> int:
     server = None
     failed = True
     try:
-        prompt = apply_sets(load_workflow(args.workflow), args.sets)
+        workflow = load_workflow(args.workflow)
+        if not is_ui_format(workflow):
+            workflow = apply_sets(workflow, args.sets)   # check --set before paying for a server start
         if args.comfyui is None:
             raise RunError("no ComfyUI given: set COMFYUI_PATH or pass --comfyui", 2)
         server = ComfyServer(Path(args.comfyui), args.models_dir, port=args.port)
@@ -346,6 +369,7 @@ def main(argv: list[str] | None = None) -> int:
         if not args.quiet:
             print(f"ComfyUI ready on {server.url} in {time.monotonic() - t0:.1f} s; running {args.workflow.name}",
                   flush=True)
+        prompt = apply_sets(server.to_api(workflow), args.sets) if is_ui_format(workflow) else workflow
         result = server.run(prompt, args.out, args.timeout, progress=not args.quiet)
         if not args.quiet:
             print(f"workflow finished in {result.seconds:.1f} s")

@@ -90,13 +90,40 @@ def test_runner_reports_a_node_failure_with_comfyuis_text(models_dir, tmp_path):
     assert not comfyui_processes()
 
 
-def test_runner_rejects_malformed_json_and_ui_format(tmp_path):
+def test_runner_rejects_malformed_json_and_unknown_formats(tmp_path):
     bad = tmp_path / "bad.json"
     bad.write_text('{"1": {"class_type": ')
     out = run_cli(bad)
     assert out.returncode == 2 and "not valid JSON" in out.stderr and out.stderr.count("\n") == 1
-    out = run_cli(REPO / "workflows" / "txt2img_default.json")
-    assert out.returncode == 2 and "UI-format" in out.stderr
+    bad.write_text('{"1": {"inputs": {}}}')
+    out = run_cli(bad)
+    assert out.returncode == 2 and "neither an API-format" in out.stderr
+    out = run_cli(tmp_path / "missing.json")
+    assert out.returncode == 2 and "does not exist" in out.stderr
+
+
+UI_TEMPLATES = sorted((REPO / "workflows").glob("*.json"))
+
+
+@pytest.mark.parametrize("template", UI_TEMPLATES, ids=lambda p: p.stem)
+def test_ui_template_matches_its_api_twin(server, template):
+    """Every UI-format template converts, with the live server's node definitions, to its API twin."""
+    from guidekit.ui_workflow import ui_to_api
+    twin = REPO / "workflows" / "api" / template.name
+    assert twin.is_file(), f"{template.name} has no API-format twin in workflows/api/"
+    converted = ui_to_api(json.loads(template.read_text()), server.object_info())
+    expected = json.loads(twin.read_text())
+    strip = lambda wf: {k: {"class_type": v["class_type"], "inputs": v["inputs"]} for k, v in wf.items()}
+    assert strip(converted) == strip(expected)
+
+
+@pytest.mark.parametrize("workflow", sorted((REPO / "workflows" / "api").glob("*.json")), ids=lambda p: p.stem)
+def test_every_api_workflow_runs_end_to_end(server, workflow, tmp_path):
+    result = server.run(json.loads(workflow.read_text()), tmp_path)
+    assert result.images, f"{workflow.name} produced no image"
+    for image in result.images:
+        pixels = np.asarray(Image.open(image))
+        assert pixels.ndim == 3 and pixels.shape[2] in (3, 4)
 
 
 def test_runner_port_in_use(models_dir, tmp_path):
