@@ -1,4 +1,4 @@
-"""Headless runner: start ComfyUI on loopback, run an API-format workflow, save its images, stop.
+"""Headless runner: start ComfyUI on loopback, run a workflow, save its images, stop.
 
     python -m guidekit.run WORKFLOW.json [--set NODE.INPUT=VALUE ...] [--out DIR]
 
@@ -64,11 +64,11 @@ def load_workflow(path: Path) -> dict:
 
 
 def find_node(prompt: dict, ref: str) -> str:
+    """The id of the node that `ref` names: its id, else a unique class_type, else a unique title."""
     if ref in prompt:
         return ref
-    for key in ("class_type", "title"):
-        hits = [nid for nid, n in prompt.items()
-                if (n.get(key) if key == "class_type" else n.get("_meta", {}).get("title")) == ref]
+    for label in (lambda n: n.get("class_type"), lambda n: n.get("_meta", {}).get("title")):
+        hits = [nid for nid, node in prompt.items() if label(node) == ref]
         if len(hits) == 1:
             return hits[0]
         if len(hits) > 1:
