@@ -5,14 +5,11 @@ from pathlib import Path
 import pytest
 import torch
 
+from guidance_helpers import rand
 from guidekit.guidance.combine import cfg, extrapolate, rescale
 from guidekit.guidance.schedule import SigmaRange, percent_range
 
 REPO = Path(__file__).resolve().parent.parent
-
-
-def rand(*shape, seed=0):
-    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed))
 
 
 def test_cfg_is_the_extrapolation_with_one_term():

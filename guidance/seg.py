@@ -1,0 +1,37 @@
+"""Smoothed Energy Guidance (Hong, NeurIPS 2024, arXiv 2408.00760): blur the self-attention queries.
+
+Blurring the attention logits (G * QKᵀ) equals blurring the queries ((G * Q)Kᵀ) because the blur is
+linear (Prop. 3.1), which avoids the O(N²) map. σ → ∞ replaces every query by the spatial mean, the
+maximal-smoothing limit (Lemma 3.2). Guidance then uses the blurred pass as the negative branch.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from .blur import gaussian_blur_2d
+
+INFINITE_SIGMA = 9999.0     # the official code's threshold: σ ≥ 9999 (and here σ ≤ 0) means σ → ∞
+
+
+def is_infinite(sigma: float) -> bool:
+    return sigma <= 0 or sigma >= INFINITE_SIGMA
+
+
+def kernel_size(sigma: float, side: int) -> int:
+    """Smallest odd integer ≥ 6σ + 1, clipped so reflect padding fits the side (official pipeline_seg.py)."""
+    k = math.ceil(6 * sigma) + 1 - math.ceil(6 * sigma) % 2
+    return min(k, side - (side % 2 - 1))
+
+
+def blur_queries(q: torch.Tensor, height: int, width: int, sigma: float) -> torch.Tensor:
+    """Blur queries (B, N, C) of an h×w token grid (N = h·w) over space; σ → ∞ gives their mean."""
+    b, n, c = q.shape
+    if n != height * width:
+        raise ValueError(f"{n} query tokens do not fill a {height}×{width} grid")
+    if is_infinite(sigma):
+        return q.mean(dim=1, keepdim=True).expand(b, n, c)
+    grid = q.transpose(1, 2).reshape(b, c, height, width)
+    blurred = gaussian_blur_2d(grid, kernel_size(sigma, height), kernel_size(sigma, width), sigma)
+    return blurred.reshape(b, c, n).transpose(1, 2)
