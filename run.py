@@ -22,6 +22,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -180,7 +181,6 @@ class ComfyServer:
                        f"log: {self.log_path}", 3)
 
     def _ready(self) -> bool:
-        import urllib.request
         try:
             with urllib.request.urlopen(self.url + "/system_stats", timeout=2) as r:
                 return r.status == 200
@@ -215,7 +215,6 @@ class ComfyServer:
         self.stop()
 
     def object_info(self) -> dict:
-        import urllib.request
         with urllib.request.urlopen(self.url + "/object_info", timeout=60) as r:
             return json.load(r)
 
@@ -230,7 +229,6 @@ class ComfyServer:
 
     def free(self) -> None:
         """Drop ComfyUI's cached node outputs and unload models, so the next run recomputes everything."""
-        import urllib.request
         req = urllib.request.Request(self.url + "/free", data=json.dumps(
             {"free_memory": True, "unload_models": True}).encode(), headers={"Content-Type": "application/json"})
         urllib.request.urlopen(req, timeout=10).close()
@@ -357,7 +355,8 @@ def main(argv: list[str] | None = None) -> int:
     failed = True
     try:
         workflow = load_workflow(args.workflow)
-        if not is_ui_format(workflow):
+        ui_format = is_ui_format(workflow)
+        if not ui_format:
             workflow = apply_sets(workflow, args.sets)   # check --set before paying for a server start
         if args.comfyui is None:
             raise RunError("no ComfyUI given: set COMFYUI_PATH or pass --comfyui", 2)
@@ -369,7 +368,7 @@ def main(argv: list[str] | None = None) -> int:
         if not args.quiet:
             print(f"ComfyUI ready on {server.url} in {time.monotonic() - t0:.1f} s; running {args.workflow.name}",
                   flush=True)
-        prompt = apply_sets(server.to_api(workflow), args.sets) if is_ui_format(workflow) else workflow
+        prompt = apply_sets(server.to_api(workflow), args.sets) if ui_format else workflow
         result = server.run(prompt, args.out, args.timeout, progress=not args.quiet)
         if not args.quiet:
             print(f"workflow finished in {result.seconds:.1f} s")

@@ -60,10 +60,10 @@ def ui_to_api(workflow: dict, object_info: dict) -> dict:
         info = object_info.get(kind)
         if info is None:
             raise WorkflowFormatError(f"node {nid} uses {kind!r}, which this ComfyUI does not have installed")
-        values = list(node.get("widgets_values") or [])
         if isinstance(node.get("widgets_values"), dict):
             raise WorkflowFormatError(f"node {nid} ({kind}) stores named widget values; export it with "
                                       "'Export (API)' from ComfyUI")
+        values = list(node.get("widgets_values") or [])
         linked = {}
         for inp in node.get("inputs", []):
             if inp.get("link") is not None:

@@ -83,16 +83,21 @@ def init_weights(module: torch.nn.Module, seed: int, std: float = 0.02) -> torch
     return module
 
 
+def seeded_patcher(config_class: type, unet_config: dict, seed: int) -> "comfy.model_patcher.ModelPatcher":
+    """ComfyUI's model for `config_class` + `unet_config` on the CPU, weights seeded, in a ModelPatcher."""
+    cpu = torch.device("cpu")
+    config = config_class(dict(unet_config))
+    config.set_inference_dtype(torch.float32, None)
+    model = config.get_model({}, device=cpu)
+    init_weights(model.diffusion_model, seed)
+    model.eval()
+    return comfy.model_patcher.ModelPatcher(model, load_device=cpu, offload_device=cpu)
+
+
 def build(arch: str, seed: int = 0) -> "comfy.model_patcher.ModelPatcher":
     """A thin model of `arch` (sd15, sdxl, sd3, flux), seeded, wrapped in ComfyUI's ModelPatcher."""
     spec = SPECS[arch]
-    config = spec.config_class(dict(spec.unet_config))
-    config.set_inference_dtype(torch.float32, None)
-    model = config.get_model({}, device=torch.device("cpu"))
-    init_weights(model.diffusion_model, seed)
-    model.eval()
-    cpu = torch.device("cpu")
-    return comfy.model_patcher.ModelPatcher(model, load_device=cpu, offload_device=cpu)
+    return seeded_patcher(spec.config_class, spec.unet_config, seed)
 
 
 def conditioning(arch: str, batch: int = 1, tokens: int = 8, seed: int = 0) -> list:
@@ -141,16 +146,12 @@ def thin_kl_autoencoder() -> torch.nn.Module:
 def write_checkpoint(path: Path, seed: int = 0) -> Path:
     """Write a thin SD1.5-architecture checkpoint (UNet + CLIP-L + KL VAE, seeded) in ComfyUI's format."""
     cpu = torch.device("cpu")
-    config = comfy.supported_models.SD15(dict(CHECKPOINT_UNET))
-    config.set_inference_dtype(torch.float32, None)
-    model = config.get_model({}, device=cpu)
-    init_weights(model.diffusion_model, seed)
-    patcher = comfy.model_patcher.ModelPatcher(model, load_device=cpu, offload_device=cpu)
+    patcher = seeded_patcher(comfy.supported_models.SD15, CHECKPOINT_UNET, seed)
     clip = comfy.sd.CLIP(comfy.supported_models_base.ClipTarget(comfy.sd1_clip.SD1Tokenizer, comfy.sd1_clip.SD1ClipModel),
                          model_options={"load_device": cpu, "offload_device": cpu, "dtype": torch.float32})
     init_weights(clip.cond_stage_model, seed + 1)
     vae = comfy.sd.VAE(sd=init_weights(thin_kl_autoencoder(), seed + 2).state_dict())
-    for module in (model, clip.cond_stage_model, vae.first_stage_model):
+    for module in (patcher.model, clip.cond_stage_model, vae.first_stage_model):
         module.half()  # half the file size; ComfyUI casts to its working dtype on load
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
