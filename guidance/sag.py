@@ -14,11 +14,31 @@ from .blur import gaussian_blur_2d
 
 def attention_mask(attn: torch.Tensor, height: int, width: int, threshold: float = 1.0) -> torch.Tensor:
     """(B, heads, N, N) attention → (B, 1, h, w) float mask of keys with mean-over-heads column sum > threshold."""
-    b, _, n, _ = attn.shape
+    return saliency_mask(attn.mean(dim=1).sum(dim=1), height, width, threshold)
+
+
+def saliency_mask(column_sum: torch.Tensor, height: int, width: int, threshold: float = 1.0) -> torch.Tensor:
+    """(B, N) key saliency (attention received, mean over heads) → (B, 1, h, w) mask of keys above threshold."""
+    b, n = column_sum.shape
     if n != height * width:
         raise ValueError(f"{n} attention tokens do not fill a {height}×{width} grid")
-    column_sum = attn.mean(dim=1).sum(dim=1)                        # (B, N keys)
-    return (column_sum > threshold).to(attn.dtype).reshape(b, 1, height, width)
+    return (column_sum > threshold).to(column_sum.dtype).reshape(b, 1, height, width)
+
+
+def key_saliency(q: torch.Tensor, k: torch.Tensor, n_image: int, chunk: int = 1024) -> torch.Tensor:
+    """Column sums of the image→image attention map, mean over heads: (B, heads, L, d) → (B, n_image).
+
+    The image tokens are the last n_image; each image query's attention over image keys is renormalised
+    to sum to 1, so the mean column sum is 1 as in pure self-attention (where this is the plain map).
+    Queries are processed in chunks, so the N×N map is never held whole.
+    """
+    scale = q.shape[-1] ** -0.5
+    q_img = q[:, :, -n_image:].float()
+    k_img = k[:, :, -n_image:].float().transpose(-1, -2)
+    total = torch.zeros(q.shape[0], q.shape[1], n_image, dtype=torch.float32, device=q.device)
+    for start in range(0, n_image, chunk):
+        total += ((q_img[:, :, start:start + chunk] @ k_img) * scale).softmax(dim=-1).sum(dim=2)
+    return total.mean(dim=1)
 
 
 def degrade(x0: torch.Tensor, mask: torch.Tensor, blur_sigma: float, kernel: int = 9) -> torch.Tensor:

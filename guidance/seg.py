@@ -35,3 +35,15 @@ def blur_queries(q: torch.Tensor, height: int, width: int, sigma: float) -> torc
     grid = q.transpose(1, 2).reshape(b, c, height, width)
     blurred = gaussian_blur_2d(grid, kernel_size(sigma, height), kernel_size(sigma, width), sigma)
     return blurred.reshape(b, c, n).transpose(1, 2)
+
+
+def blur_image_queries(q: torch.Tensor, height: int, width: int, sigma: float) -> torch.Tensor:
+    """SEG on (B, heads, L, d) queries whose last h·w tokens are the image grid (joint DiT attention).
+
+    Only image queries are blurred, each head's channels separately; text queries are left as they are.
+    """
+    b, heads, length, d = q.shape
+    n = height * width
+    image = q[:, :, length - n:].permute(0, 2, 1, 3).reshape(b, n, heads * d)
+    blurred = blur_queries(image, height, width, sigma).reshape(b, n, heads, d).permute(0, 2, 1, 3)
+    return torch.cat([q[:, :, :length - n], blurred], dim=2)

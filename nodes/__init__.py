@@ -3,7 +3,11 @@ from __future__ import annotations
 
 from comfy_api.latest import ComfyExtension, io
 
-NODES: list[type[io.ComfyNode]] = []
+from .pag import PerturbedAttentionGuidanceGK
+from .sag import SelfAttentionGuidanceGK
+from .seg import SmoothedEnergyGuidanceGK
+
+NODES: list[type[io.ComfyNode]] = [PerturbedAttentionGuidanceGK, SmoothedEnergyGuidanceGK, SelfAttentionGuidanceGK]
 
 
 class GuideKitExtension(ComfyExtension):

@@ -8,7 +8,7 @@ pytestmark = pytest.mark.host
 @pytest.mark.parametrize("arch", ["sd15", "sdxl"])
 def test_listed_keys_are_the_keys_comfyui_calls(thin, arch):
     from comfy.ldm.modules.attention import optimized_attention
-    from guidekit.nodes.unet_blocks import self_attention_keys
+    from guidekit.nodes.layers import unet_self_attention as self_attention_keys
 
     model = thin.build(arch).clone()
     keys = self_attention_keys(model.model.diffusion_model)
@@ -27,7 +27,7 @@ def test_listed_keys_are_the_keys_comfyui_calls(thin, arch):
 
 
 def test_sdxl_has_no_attention_in_its_first_level(thin):
-    from guidekit.nodes.unet_blocks import self_attention_keys
+    from guidekit.nodes.layers import unet_self_attention as self_attention_keys
     keys = self_attention_keys(thin.build("sdxl").model.diffusion_model)
     assert ("middle", 0, 0) in keys and ("middle", 0, 1) in keys
     assert all(not (place == "input" and block_id in (0, 1, 2)) for place, block_id, _ in keys)

@@ -1,0 +1,201 @@
+"""The shared host adapter: perturb chosen self-attention layers on chosen batch rows of a model call.
+
+A perturbation sees (B, heads, L, d) queries, keys and values plus the image-token grid (h, w) (image
+tokens are the last h·w of L) and returns the attention output, or new (q, k, v) for the host's own
+attention to run on (so masks, precision and fast kernels stay the host's), or None to leave the rows be.
+
+Hooks are installed per call on a *copy* of model_options (never on the patched model), with the rows to
+perturb named in transformer_options[MARK] = {cond index: branch token}; ComfyUI labels each chunk of a
+batched call with its cond index (transformer_options["cond_or_uncond"]), so batching, memory chunking
+and batch sizes > 1 all work. Whatever sat in a slot before (a core patch, another GuideKit node) keeps
+running on every other row: UNet attn1 replace patches and the DiT attention override both chain.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+
+import torch
+from comfy.ldm.modules.attention import optimized_attention
+
+from ..guidance.blur import token_grid
+from .layers import Architecture, Layer
+
+MARK = "guidekit_rows"
+GRID = "guidekit_grid"
+
+Perturbation = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, tuple[int, int]],
+                        "torch.Tensor | tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None"]
+
+
+def install(model_options: dict, arch: Architecture, layers: Iterable[Layer], token: object,
+            perturb: Perturbation, rows: Iterable[int], grid: tuple[int, int]) -> dict:
+    """A copy of model_options whose `layers` run `perturb` on the chunks of cond indices `rows`."""
+    mo = dict(model_options)
+    to = dict(mo.get("transformer_options", {}))
+    mo["transformer_options"] = to
+    to[MARK] = {**to.get(MARK, {}), **{row: token for row in rows}}
+    replace = dict(to.get("patches_replace", {}))
+    to["patches_replace"] = replace
+    if arch.family == "unet":
+        attn1 = dict(replace.get("attn1", {}))
+        for layer in layers:
+            attn1[layer] = UNetSelfAttention(token, perturb, attn1.get(layer) or attn1.get(layer[:2]))
+        replace["attn1"] = attn1
+        return mo
+    to[GRID] = grid
+    to["optimized_attention_override"] = DiTSelfAttention(token, perturb, layers,
+                                                          to.get("optimized_attention_override"))
+    if arch.family == "mmdit":      # MMDiT does not name its blocks to the attention call: label them
+        dit = dict(replace.get("dit", {}))
+        for layer in layers:
+            key = ("double_block", layer[1])
+            dit[key] = BlockLabel(layer, dit.get(key))
+        replace["dit"] = dit
+    return mo
+
+
+def image_grid(arch: Architecture, latent_shape: torch.Size) -> tuple[int, int]:
+    """Token grid of a DiT for a latent (patchified with padding to whole patches)."""
+    p = arch.patch_size
+    return -(-latent_shape[-2] // p), -(-latent_shape[-1] // p)
+
+
+def _marked_chunks(transformer_options: dict, token: object) -> tuple[list[int], list[int]]:
+    """(chunks to perturb, other chunks) of a batched call, by ComfyUI's cond_or_uncond labels."""
+    labels = transformer_options.get("cond_or_uncond") or [0]
+    marks = transformer_options.get(MARK) or {}
+    mine = [j for j, c in enumerate(labels) if marks.get(c) is token]
+    return mine, [j for j in range(len(labels)) if j not in mine]
+
+
+def _rows(chunks: list[int], per_chunk: int, device) -> torch.Tensor:
+    return torch.cat([torch.arange(j * per_chunk, (j + 1) * per_chunk, device=device) for j in chunks])
+
+
+def _restricted(transformer_options: dict, chunks: list[int]) -> dict:
+    """transformer_options as the host would give a call holding only `chunks`."""
+    out = dict(transformer_options)
+    for key in ("cond_or_uncond", "uuids"):
+        if isinstance(out.get(key), list) and len(out[key]) > max(chunks):
+            out[key] = [out[key][j] for j in chunks]
+    return out
+
+
+def _heads_first(t: torch.Tensor, heads: int) -> torch.Tensor:
+    """(B, L, heads·d) or (B, L, heads, d) host layout → (B, heads, L, d)."""
+    return t.reshape(t.shape[0], t.shape[1], heads, -1).transpose(1, 2)
+
+
+def _replaced(tensors, rows, new, heads_first: bool):
+    """Full-batch copies of q, k, v with `rows` replaced by the perturbation's, in each one's host layout."""
+    out = []
+    for full, part in zip(tensors, new):
+        full = full.clone()
+        if not heads_first:
+            part = part.transpose(1, 2).reshape(part.shape[0], *full.shape[1:])
+        full[rows] = part.to(full.dtype)
+        out.append(full)
+    return out
+
+
+def _merge(total: int, mine_rows, mine_out, other_rows, other_out) -> torch.Tensor:
+    out = mine_out.new_empty((total, *mine_out.shape[1:]))
+    out[mine_rows] = mine_out
+    out[other_rows] = other_out.to(mine_out.dtype)
+    return out
+
+
+class UNetSelfAttention:
+    """attn1 replace patch: `perturb` on marked rows, the previous patch (or plain attention) on the rest."""
+
+    def __init__(self, token: object, perturb: Perturbation, previous: Callable | None):
+        self.token, self.perturb, self.previous = token, perturb, previous
+
+    def default(self, q, k, v, extra_options):
+        if self.previous is not None:
+            return self.previous(q, k, v, extra_options)
+        return optimized_attention(q, k, v, extra_options["n_heads"], attn_precision=extra_options.get("attn_precision"),
+                                   transformer_options=extra_options)
+
+    def __call__(self, q, k, v, extra_options):
+        mine, other = _marked_chunks(extra_options, self.token)
+        if not mine:
+            return self.default(q, k, v, extra_options)
+        heads, per_chunk = extra_options["n_heads"], q.shape[0] // (len(mine) + len(other))
+        rows = _rows(mine, per_chunk, q.device)
+        shape = extra_options["original_shape"]
+        grid = token_grid(q.shape[1], shape[-2], shape[-1])
+        split = [_heads_first(t[rows], heads) for t in (q, k, v)]
+        out = self.perturb(*split, grid)
+        if out is None:
+            return self.default(q, k, v, extra_options)
+        if isinstance(out, tuple):
+            return self.default(*_replaced((q, k, v), rows, out, False), extra_options)
+        out = out.transpose(1, 2).flatten(2)
+        if not other:
+            return out
+        other_rows = _rows(other, per_chunk, q.device)
+        rest = self.default(q[other_rows], k[other_rows], v[other_rows], _restricted(extra_options, other))
+        return _merge(q.shape[0], rows, out, other_rows, rest)
+
+
+class DiTSelfAttention:
+    """optimized_attention_override: `perturb` on marked rows of the chosen blocks; all else unchanged."""
+
+    def __init__(self, token: object, perturb: Perturbation, layers: Iterable[Layer], previous: Callable | None):
+        self.token, self.perturb, self.layers, self.previous = token, perturb, frozenset(layers), previous
+
+    def default(self, func, *args, **kwargs):
+        if self.previous is not None:
+            return self.previous(func, *args, **kwargs)
+        return func(*args, **kwargs)
+
+    def __call__(self, func, *args, **kwargs):
+        to = kwargs.get("transformer_options") or {}
+        if (to.get("block_type"), to.get("block_index")) not in self.layers:
+            return self.default(func, *args, **kwargs)
+        mine, other = _marked_chunks(to, self.token)
+        if not mine:
+            return self.default(func, *args, **kwargs)
+        q, k, v = args[:3]
+        heads = args[3] if len(args) > 3 else kwargs["heads"]
+        per_chunk = q.shape[0] // (len(mine) + len(other))
+        rows = _rows(mine, per_chunk, q.device)
+        skip_reshape = kwargs.get("skip_reshape", False)
+        if skip_reshape:
+            split = [t[rows] for t in (q, k, v)]
+        else:
+            split = [_heads_first(t[rows], heads) for t in (q, k, v)]
+        out = self.perturb(*split, to[GRID])
+        if out is None:
+            return self.default(func, *args, **kwargs)
+        if isinstance(out, tuple):
+            return self.default(func, *_replaced((q, k, v), rows, out, skip_reshape), *args[3:], **kwargs)
+        if kwargs.get("mask") is not None:
+            raise NotImplementedError("GuideKit: this perturbation does not support attention masks (masked "
+                                      "text conditioning); remove the mask or use SEG, which keeps the host's attention")
+        if not kwargs.get("skip_output_reshape", False):
+            out = out.transpose(1, 2).flatten(2)
+        if not other:
+            return out
+        other_rows = _rows(other, per_chunk, q.device)
+        rest_kwargs = dict(kwargs, transformer_options=_restricted(to, other))
+        mask = kwargs.get("mask")
+        if isinstance(mask, torch.Tensor) and mask.ndim >= 3 and mask.shape[0] == q.shape[0]:
+            rest_kwargs["mask"] = mask[other_rows]
+        rest = self.default(func, q[other_rows], k[other_rows], v[other_rows], *args[3:], **rest_kwargs)
+        return _merge(q.shape[0], rows, out, other_rows, rest)
+
+
+class BlockLabel:
+    """A dit replace patch that only tells the attention override which MMDiT block is running."""
+
+    def __init__(self, layer: Layer, previous: Callable | None):
+        self.layer, self.previous = layer, previous
+
+    def __call__(self, args: dict, extra: dict) -> dict:
+        to = dict(args.get("transformer_options") or {}, block_type=self.layer[0], block_index=self.layer[1])
+        args = dict(args, transformer_options=to)
+        if self.previous is not None:
+            return self.previous(args, extra)
+        return extra["original_block"](args)

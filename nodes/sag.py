@@ -1,0 +1,115 @@
+"""SAG node: blur x0 where the model's self-attention looks, re-noise, and guide away (Hong et al. 2023)."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import comfy.samplers
+from comfy_api.latest import io
+
+from ..guidance.sag import degrade, key_saliency, saliency_mask
+from .attention_hooks import image_grid, install
+from .branch import run_calc, sigma_range
+from .common import CATEGORY, range_inputs, sigma_override_inputs
+from .layers import Architecture, Layer, architecture, format_layers, parse_layers
+
+NODE = "GuideKit SAG"
+
+
+@dataclass
+class SelfAttentionGuidance:
+    arch: Architecture
+    layer: Layer
+    scale: float
+    blur_sigma: float
+    threshold: float
+    active: object
+    token: object = field(default_factory=object)
+    _records: list = field(default_factory=list)    # [(input tensor, saliency (B, N), grid)] of this step
+
+    def record(self, x: torch.Tensor):
+        """A perturbation that changes nothing and keeps the key saliency of the rows it sees."""
+        def perturbation(q, k, v, grid):
+            self._records.append((x, key_saliency(q, k, grid[0] * grid[1]), grid))
+            return None
+        return perturbation
+
+    def with_recorder(self, model_options: dict, x: torch.Tensor, row: int) -> dict:
+        return install(model_options, self.arch, [self.layer], self.token, self.record(x), [row],
+                       image_grid(self.arch, x.shape))
+
+    def calc_cond_batch(self, args: dict, previous) -> list[torch.Tensor]:
+        """Record the attention of the uncond rows (cond when CFG is off) inside the normal model call."""
+        self._records.clear()
+        conds, x = args["conds"], args["input"]
+        if not self.active.active(args["sigma"]) or self.scale == 0.0:
+            return run_calc(args, previous, conds, args["model_options"])
+        row = 1 if conds[1] is not None else 0
+        return run_calc(args, previous, conds, self.with_recorder(args["model_options"], x, row))
+
+    def post_cfg(self, args: dict) -> torch.Tensor:
+        denoised, x, sigma, model = args["denoised"], args["input"], args["sigma"], args["model"]
+        if not self.active.active(sigma) or self.scale == 0.0:
+            return denoised
+        use_uncond = args.get("uncond") is not None
+        branch_cond = args["uncond"] if use_uncond else args["cond"]
+        x0 = args["uncond_denoised"] if use_uncond else args["cond_denoised"]
+        records = [r for r in self._records if r[0] is x]
+        self._records.clear()
+        if not records:     # a guider bypassed the batch function: record in a pass of our own
+            mo = self.with_recorder(args["model_options"], x, 0)
+            x0 = comfy.samplers.calc_cond_batch(model, [branch_cond], x, sigma, mo)[0]
+            records = [r for r in self._records if r[0] is x]
+            self._records.clear()
+        _, saliency, (h, w) = records[-1]
+        # ADM attention_masking: blur x0 where attention concentrates, re-noise with the model's own noise.
+        degraded = degrade(x0, saliency_mask(saliency.to(x0.dtype), h, w, self.threshold), self.blur_sigma)
+        ms = model.model_sampling
+        signal = ms.noise_scaling(sigma, torch.zeros_like(x), torch.ones_like(x))    # x = signal·x0 + σ·ε
+        x_degraded = x + signal * (degraded - x0)
+        (sag,) = comfy.samplers.calc_cond_batch(model, [branch_cond], x_degraded, sigma, args["model_options"])
+        # SAG eq. 25 in D-space: + s·(x̄0 − D(x̄_t)), the uncond prediction's degraded-input counterpart.
+        return denoised + self.scale * (degraded - sag)
+
+
+class SelfAttentionGuidanceGK(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="GuideKitSAG", display_name=NODE, category=CATEGORY,
+            description="Self-Attention Guidance: blur the predicted image where the chosen self-attention layer "
+                        "concentrates, re-noise it, and guide away from the model's answer on it. Works with "
+                        "batches, any aspect ratio, chunked batches, UNet and DiT models.",
+            inputs=[
+                io.Model.Input("model"),
+                io.Float.Input("scale", default=0.5, min=0.0, max=5.0, step=0.01,
+                               tooltip="SAG scale s; 0 = off. SD: 0.5-0.75 (diffusers 0.75, ComfyUI core 0.5)."),
+                io.Float.Input("blur_sigma", default=2.0, min=0.01, max=10.0, step=0.01,
+                               tooltip="σ of the 9×9 Gaussian that degrades the attended region (core: 2, diffusers: 1)."),
+                io.String.Input("layer", default="default",
+                                tooltip="The one self-attention layer whose map makes the mask, e.g. 'middle.0.0' "
+                                        "(the default on UNets, as in the paper and core) or 'single.9' on Flux."),
+                io.Float.Input("threshold", default=1.0, min=0.0, max=10.0, step=0.01,
+                               tooltip="Keys receiving more than threshold × average attention are blurred (paper: 1)."),
+                *range_inputs(),
+                *sigma_override_inputs(),
+            ],
+            outputs=[io.Model.Output(tooltip="A patched copy of the model; the input model is unchanged.")],
+        )
+
+    @classmethod
+    def execute(cls, model, scale, blur_sigma, layer, threshold, start_percent, end_percent,
+                sigma_start=-1.0, sigma_end=-1.0) -> io.NodeOutput:
+        arch = architecture(model, NODE)
+        text = arch.default_sag_layer if layer.strip().lower() in ("", "default") else layer
+        chosen = parse_layers(text, arch, NODE, "layer")
+        if len(chosen) != 1:
+            raise ValueError(f"{NODE}: input 'layer' must name exactly one layer, {layer!r} names "
+                             f"{len(chosen)}: {format_layers(chosen)}")
+        sag = SelfAttentionGuidance(arch, chosen[0], scale, blur_sigma, threshold,
+                                    sigma_range(model, NODE, start_percent, end_percent, sigma_start, sigma_end))
+        m = model.clone()
+        previous = m.model_options.get("sampler_calc_cond_batch_function")
+        m.set_model_sampler_calc_cond_batch_function(lambda args: sag.calc_cond_batch(args, previous))
+        m.set_model_sampler_post_cfg_function(sag.post_cfg)
+        return io.NodeOutput(m)

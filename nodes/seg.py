@@ -1,0 +1,46 @@
+"""SEG node: guidance away from a pass whose self-attention queries are Gaussian-blurred (Hong 2024)."""
+from __future__ import annotations
+
+from comfy_api.latest import io
+
+from ..guidance.seg import blur_image_queries
+from .common import CATEGORY, LAYERS_TOOLTIP, branch_inputs, range_inputs, sigma_override_inputs
+from .branch import patch_with_branch
+
+NODE = "GuideKit SEG"
+
+
+def blurred_queries(sigma: float):
+    """Blur the image queries over their 2D grid, any aspect ratio: (G * Q)Kᵀ = G * (QKᵀ) (SEG Prop. 3.1)."""
+    def perturbation(q, k, v, grid):
+        return blur_image_queries(q, grid[0], grid[1], sigma), k, v
+    return perturbation
+
+
+class SmoothedEnergyGuidanceGK(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="GuideKitSEG", display_name=NODE, category=CATEGORY,
+            description="Smoothed Energy Guidance: guide away from a pass whose chosen self-attention queries "
+                        "are Gaussian-blurred over the image grid (any aspect ratio). UNet and DiT models.",
+            inputs=[
+                io.Model.Input("model"),
+                io.Float.Input("scale", default=3.0, min=0.0, max=100.0, step=0.01,
+                               tooltip="SEG scale in CFG + s·(cond − blurred); the paper fixes 3 and tunes blur_sigma."),
+                io.Float.Input("blur_sigma", default=-1.0, min=-1.0, max=10000.0, step=0.01,
+                               tooltip="Gaussian σ in tokens (kernel = smallest odd ≥ 6σ+1). ≤ 0 or ≥ 9999 = "
+                                       "infinite: every query becomes the mean query (the paper's best)."),
+                io.String.Input("layers", default="default", tooltip=LAYERS_TOOLTIP),
+                *range_inputs(),
+                *branch_inputs(),
+                *sigma_override_inputs(),
+            ],
+            outputs=[io.Model.Output(tooltip="A patched copy of the model; the input model is unchanged.")],
+        )
+
+    @classmethod
+    def execute(cls, model, scale, blur_sigma, layers, start_percent, end_percent, rescale, mode, evaluation,
+                sigma_start=-1.0, sigma_end=-1.0) -> io.NodeOutput:
+        return io.NodeOutput(patch_with_branch(model, NODE, blurred_queries(blur_sigma), scale, layers, start_percent,
+                                   end_percent, rescale, mode, evaluation, sigma_start, sigma_end))
