@@ -50,7 +50,9 @@ class PerturbedBranch:
         if self.replace_uncond or self.evaluation != "separate":
             previous = m.model_options.get("sampler_calc_cond_batch_function")
             m.set_model_sampler_calc_cond_batch_function(lambda args: self.calc_cond_batch(args, previous))
-        m.set_model_sampler_post_cfg_function(self.post_cfg)
+        # Closures, not bound methods: ModelPatcher.clone deep-copies model_options, and a deep-copied
+        # bound method would carry a copy of this object, cut off from what the batch function stashes.
+        m.set_model_sampler_post_cfg_function(lambda args: self.post_cfg(args))
 
     def grid(self, x: torch.Tensor) -> tuple[int, int]:
         return image_grid(self.arch, x.shape)
@@ -112,12 +114,12 @@ def patch_with_branch(model, node, perturbation, scale, layers, start_percent, e
     m = model.clone()
     ms = m.get_model_object("model_sampling")
     t_max = float(ms.timestep(ms.sigma_max))
+    to_1000 = 1.0 if t_max >= 999.0 else 1000.0 / t_max      # discrete (0-999) and SD3 (σ·1000) as is; Flux σ·1000
 
     def scale_at(sigma) -> float:
         if adaptive == 0.0:
             return scale
-        t = 1000.0 * float(ms.timestep(sigma.max() if hasattr(sigma, "max") else sigma)) / t_max
-        return adaptive_scale(scale, adaptive, t)
+        return adaptive_scale(scale, adaptive, to_1000 * float(ms.timestep(sigma.max())))
 
     branch = PerturbedBranch(node, arch, chosen, perturbation, active, scale_at, rescale, evaluation,
                              replace_uncond=(mode == MODES[1]))

@@ -111,5 +111,5 @@ class SelfAttentionGuidanceGK(io.ComfyNode):
         m = model.clone()
         previous = m.model_options.get("sampler_calc_cond_batch_function")
         m.set_model_sampler_calc_cond_batch_function(lambda args: sag.calc_cond_batch(args, previous))
-        m.set_model_sampler_post_cfg_function(sag.post_cfg)
+        m.set_model_sampler_post_cfg_function(lambda args: sag.post_cfg(args))     # a closure survives clone()
         return io.NodeOutput(m)

@@ -66,6 +66,14 @@ SPECS: dict[str, ThinSpec] = {
         "vec_in_dim": 32, "context_in_dim": 64, "hidden_size": 64, "mlp_ratio": 4.0, "num_heads": 2,
         "depth": 2, "depth_single_blocks": 2, "axes_dim": [8, 12, 12], "theta": 10000, "patch_size": 2,
         "qkv_bias": True, "dtype": torch.float32}, 64, 32, 16),
+    # Chroma: Flux blocks without per-block modulation, driven by the distilled guidance approximator
+    # (out_dim = hidden size, as ComfyUI's detection sets 3072 for 3072); its model_base still reads a
+    # pooled vector. Core PAG is a silent no-op on it (ComfyUI#12177).
+    "chroma": ThinSpec("chroma", comfy.supported_models.Chroma, {
+        "image_model": "chroma", "in_channels": 64, "out_channels": 64, "context_in_dim": 64, "hidden_size": 64,
+        "mlp_ratio": 4.0, "num_heads": 2, "depth": 2, "depth_single_blocks": 2, "axes_dim": [8, 12, 12],
+        "theta": 10000, "patch_size": 2, "qkv_bias": True, "in_dim": 64, "out_dim": 64, "hidden_dim": 64,
+        "n_layers": 1, "dtype": torch.float32}, 64, 32, 16),
 }
 
 
@@ -83,21 +91,25 @@ def init_weights(module: torch.nn.Module, seed: int, std: float = 0.02) -> torch
     return module
 
 
-def seeded_patcher(config_class: type, unet_config: dict, seed: int) -> "comfy.model_patcher.ModelPatcher":
+def seeded_patcher(config_class: type, unet_config: dict, seed: int,
+                   std: float = 0.02) -> "comfy.model_patcher.ModelPatcher":
     """ComfyUI's model for `config_class` + `unet_config` on the CPU, weights seeded, in a ModelPatcher."""
     cpu = torch.device("cpu")
     config = config_class(dict(unet_config))
     config.set_inference_dtype(torch.float32, None)
     model = config.get_model({}, device=cpu)
-    init_weights(model.diffusion_model, seed)
+    init_weights(model.diffusion_model, seed, std)
     model.eval()
     return comfy.model_patcher.ModelPatcher(model, load_device=cpu, offload_device=cpu)
 
 
-def build(arch: str, seed: int = 0) -> "comfy.model_patcher.ModelPatcher":
-    """A thin model of `arch` (sd15, sdxl, sd3, flux), seeded, wrapped in ComfyUI's ModelPatcher."""
+def build(arch: str, seed: int = 0, std: float = 0.02) -> "comfy.model_patcher.ModelPatcher":
+    """A thin model of `arch` (a SPECS key), seeded, wrapped in ComfyUI's ModelPatcher.
+
+    A larger `std` sharpens attention (bigger logits), so attention perturbations change more.
+    """
     spec = SPECS[arch]
-    return seeded_patcher(spec.config_class, spec.unet_config, seed)
+    return seeded_patcher(spec.config_class, spec.unet_config, seed, std)
 
 
 def conditioning(arch: str, batch: int = 1, tokens: int = 8, seed: int = 0) -> list:
