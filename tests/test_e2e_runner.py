@@ -141,3 +141,28 @@ def test_runner_bad_set_option(tmp_path):
     assert out.returncode == 2 and "NODE.INPUT=VALUE" in out.stderr
     out = run_cli(DEMO, "--set", "NoSuchNode.x=1")
     assert out.returncode == 2 and "no node" in out.stderr
+
+
+def test_guidance_nodes_are_registered_and_change_the_image(server, tmp_path):
+    info = server.object_info()
+    for node in ("GuideKitPAG", "GuideKitSEG", "GuideKitSAG"):
+        assert info[node]["category"] == "GuideKit/attention" and info[node]["output"] == ["MODEL"]
+    plain = np.asarray(Image.open(server.run(load_demo(), tmp_path / "plain").images[0]))
+    workflow = json.loads((REPO / "workflows" / "api" / "pag_sd15.json").read_text())
+    guided = np.asarray(Image.open(server.run(workflow, tmp_path / "pag").images[0]))
+    assert not np.array_equal(plain, guided), "PAG left the image unchanged"
+
+
+@pytest.mark.parametrize("workflow,node_id,inputs,needle", [
+    ("pag_sd15", "8", {"scale": -1.0}, "scale"),
+    ("seg_sd15", "8", {"layers": "output.99"}, "input 'layers': 'output.99' names no layer"),
+    ("sag_sd15", "8", {"start_percent": 0.9, "end_percent": 0.1}, "input 'start_percent'"),
+])
+def test_bad_guidance_input_is_a_clear_error_not_a_crash(server, tmp_path, workflow, node_id, inputs, needle):
+    from guidekit.run import RunError
+    prompt = json.loads((REPO / "workflows" / "api" / f"{workflow}.json").read_text())
+    prompt[node_id]["inputs"].update(inputs)
+    with pytest.raises(RunError) as err:
+        server.run(prompt, tmp_path)
+    assert needle in str(err.value)
+    assert server.run(load_demo(), tmp_path / "after").images, "the server must keep serving after the error"
