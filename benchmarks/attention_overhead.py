@@ -1,0 +1,170 @@
+"""Cost of attention-perturbation guidance: median sampling-step time and peak memory vs plain CFG.
+
+    python3 scripts/host.py run-python benchmarks/attention_overhead.py [--quick] [--repeats 3]
+
+Side by side in one run, on thin-but-realistic models at realistic token counts (SD1.5 UNet at 512²
+= 4096 tokens in its top attention level; SDXL UNet at 1024², attention from 4096 tokens down; Flux
+at 1024² = 4096 image tokens): plain CFG, core PerturbedAttentionGuidance and SelfAttentionGuidance,
+and GuideKit PAG (separate and batched), SEG, SAG, PAG in place of uncond, and PAG over 20-80 % of
+the schedule. Writes benchmarks/results/attention_overhead.json and prints the table. `--quick` is
+the seconds-long smoke version (tiny models and latents) that CI runs so the script cannot rot.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import threading
+import time
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "tests"))
+import thin_models  # noqa: E402  (imports ComfyUI in-process, CPU)
+from attention_nodes import core_pag, core_sag, pag, sag, seg  # noqa: E402
+
+UNET = thin_models.UNET_COMMON
+# Realistic block structure and token counts, widths cut so a CPU step takes seconds, not minutes.
+BENCH_MODELS = {
+    "sd15": (thin_models.comfy.supported_models.SD15, {
+        **UNET, "model_channels": 64, "channel_mult": [1, 2, 4, 4], "num_res_blocks": [1, 1, 1, 1],
+        "transformer_depth": [1, 1, 1, 0], "transformer_depth_middle": 1, "transformer_depth_output": [0, 0, 1, 1, 1, 1, 1, 1],
+        "context_dim": 768, "num_heads": 8, "use_linear_in_transformer": False}, 768, None, 64),
+    "sdxl": (thin_models.comfy.supported_models.SDXL, {
+        **UNET, "model_channels": 64, "channel_mult": [1, 2, 4], "num_res_blocks": [1, 1, 1],
+        "transformer_depth": [0, 1, 2], "transformer_depth_middle": 2, "transformer_depth_output": [0, 0, 1, 1, 2, 2],
+        "context_dim": 2048, "num_head_channels": 64, "use_linear_in_transformer": True, "adm_in_channels": 2816,
+        "num_classes": "sequential"}, 2048, 1280, 128),
+    "flux": (thin_models.comfy.supported_models.Flux, {
+        **thin_models.SPECS["flux"].unet_config, "hidden_size": 256, "num_heads": 4, "depth": 2,
+        "depth_single_blocks": 4, "axes_dim": [16, 24, 24], "context_in_dim": 256, "vec_in_dim": 64}, 256, 64, 128),
+}
+
+METHODS = {
+    "cfg": lambda m: m,
+    "core PAG": core_pag,
+    "core SAG": core_sag,
+    "PAG separate": lambda m: pag(m, evaluation="separate"),
+    "PAG batched": lambda m: pag(m, evaluation="batched"),
+    "SEG": lambda m: seg(m, evaluation="separate", blur_sigma=-1.0),
+    "SAG": sag,
+    "PAG in place of uncond": lambda m: pag(m, mode="replace uncond"),
+    "PAG 20-80 %": lambda m: pag(m, evaluation="separate", start_percent=0.2, end_percent=0.8),
+}
+
+
+class PeakMemory:
+    """Peak extra memory while sampling: CUDA allocator peak, or process RSS sampled every 2 ms on CPU."""
+
+    def __init__(self, device: torch.device):
+        self.device, self.peak, self._stop = device, 0, threading.Event()
+
+    @staticmethod
+    def rss() -> int:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+    def __enter__(self):
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+            self.base = torch.cuda.memory_allocated()
+        else:
+            self.base = self.rss()
+            self._thread = threading.Thread(target=self._watch, daemon=True)
+            self._thread.start()
+        return self
+
+    def _watch(self):
+        while not self._stop.wait(0.002):
+            self.peak = max(self.peak, self.rss() - self.base)
+
+    def __exit__(self, *exc):
+        if self.device.type == "cuda":
+            self.peak = torch.cuda.max_memory_allocated() - self.base
+        else:
+            self._stop.set()
+            self._thread.join()
+
+
+def sample(model, spec, size, steps, seed):
+    _, _, ctx, pooled, _ = spec
+    latent_channels = 16 if spec[0] is thin_models.comfy.supported_models.Flux else 4
+    latent = torch.zeros(1, latent_channels, size, size)
+    noise = torch.randn(latent.shape, generator=torch.Generator().manual_seed(seed))
+    conds = []
+    for s in (1, 2):
+        gen = torch.Generator().manual_seed(s)
+        extra = {"pooled_output": torch.randn(1, pooled, generator=gen)} if pooled else {}
+        if latent_channels == 16:
+            extra["guidance"] = 3.5
+        conds.append([[torch.randn(1, 77, ctx, generator=gen), extra]])
+    import comfy.sample
+    return comfy.sample.sample(model, noise, steps, 4.0, "euler", "normal", conds[0], conds[1], latent,
+                               seed=seed, disable_pbar=True)
+
+
+def measure(model, spec, size, steps, repeats):
+    sample(model, spec, size, 1, seed=0)           # warm-up
+    times, peaks = [], []
+    for r in range(repeats):
+        with PeakMemory(torch.device("cpu")) as mem:
+            t0 = time.perf_counter()
+            out = sample(model, spec, size, steps, seed=r)
+            times.append((time.perf_counter() - t0) / steps)
+        peaks.append(mem.peak)
+        assert torch.isfinite(out).all(), "non-finite output makes the timing meaningless"
+    return statistics.median(times), max(peaks)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--steps", type=int, default=5, help="steps per timed run (the 20-80 %% range needs ≥ 5)")
+    p.add_argument("--quick", action="store_true", help="smoke run: tiny models and latents, 1 repeat")
+    p.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "attention_overhead.json")
+    args = p.parse_args()
+    torch.set_flush_denormal(True)
+    sizes = {"sd15": 64, "sdxl": 128, "flux": 128}
+    models = BENCH_MODELS
+    if args.quick:
+        models = {a: (thin_models.SPECS[a].config_class, thin_models.SPECS[a].unet_config, 64,
+                      thin_models.SPECS[a].pooled_dim, 0) for a in ("sd15", "flux")}
+        sizes, args.repeats = {"sd15": 16, "flux": 16}, 1
+    rows = []
+    for arch, spec in models.items():
+        base = thin_models.seeded_patcher(spec[0], spec[1], seed=0)
+        params = sum(t.numel() for t in base.model.diffusion_model.parameters())
+        for method, make in METHODS.items():
+            if method.startswith("core") and arch == "flux":
+                continue            # core PAG/SAG patch UNet attn1 only: a silent no-op on DiTs
+            sec, peak = measure(make(base), spec, sizes[arch], args.steps, args.repeats)
+            rows.append({"arch": arch, "params": params, "latent": f"{sizes[arch]}x{sizes[arch]}", "method": method,
+                         "step_s": sec, "peak_mb": peak / 2 ** 20})
+            print(f"{arch:5} {method:24} {sec * 1e3:9.1f} ms  {peak / 2 ** 20:8.1f} MB", flush=True)
+    for r in rows:
+        cfg = next(c for c in rows if c["arch"] == r["arch"] and c["method"] == "cfg")
+        r["ratio_to_cfg"] = r["step_s"] / cfg["step_s"]
+    print(f"\n{'arch':5} {'latent':>8} {'method':24} {'step (ms)':>10} {'× CFG':>7} {'peak MB':>8}")
+    for r in rows:
+        print(f"{r['arch']:5} {r['latent']:>8} {r['method']:24} {r['step_s'] * 1e3:10.1f} {r['ratio_to_cfg']:7.2f} "
+              f"{r['peak_mb']:8.1f}")
+    if args.quick:
+        print("quick run: results not written")
+        return
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps({
+        "benchmark": "attention_overhead", "device": "cpu", "threads": torch.get_num_threads(),
+        "machine": platform.processor() or platform.machine(), "torch": torch.__version__, "sampler": "euler",
+        "scheduler": "normal", "cfg": 4.0, "steps_per_run": args.steps, "repeats": args.repeats,
+        "peak_memory": "max over repeats of process RSS growth during sampling (sampled every 2 ms)",
+        "rows": rows}, indent=1) + "\n")
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
