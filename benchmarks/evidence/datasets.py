@@ -1,0 +1,126 @@
+"""The two benchmark settings: how to sample each through comfy.sample, and how to score the samples."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from . import fractal, metrics, mnist_data
+from .comfy_models import comfy, demo_mnist, mnist_patcher, toy_patcher
+from .networks import DigitClassifier, toy_context
+from .training import WEIGHTS
+
+
+def _load_state(path: Path) -> dict:
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing: train it (see benchmarks/train_mnist.py, benchmarks/train_toy.py)")
+    import comfy.utils
+    return comfy.utils.load_torch_file(str(path))
+
+
+@dataclass
+class Setting:
+    """One dataset: its model, sampler and metrics (higher_is_better says how to read each)."""
+    name: str
+    sampler: str
+    scheduler: str
+    steps: int
+    higher_is_better: dict[str, bool]
+    model: object = field(default=None, repr=False)
+
+    def sample(self, model, cfg: float, seed: int, n: int, steps: int) -> torch.Tensor:
+        """n samples from `model` at the sampler's cfg, as KSampler draws them (comfy.sample)."""
+        raise NotImplementedError
+
+    def score(self, samples: torch.Tensor, seed: int) -> dict[str, float]:
+        """Every metric of `higher_is_better` for these samples."""
+        raise NotImplementedError
+
+    def reference(self, seed: int, n: int) -> torch.Tensor:
+        """n real samples, scored like generated ones (what perfect looks like)."""
+        raise NotImplementedError
+
+
+class MNISTSetting(Setting):
+    """Class-conditional MNIST: n samples, digits balanced; features of the evaluation classifier."""
+
+    def __init__(self, weights: Path = WEIGHTS / "mnist-main.safetensors",
+                 classifier: Path = WEIGHTS / "mnist-classifier-eval.safetensors"):
+        super().__init__("mnist", "euler", "normal", 20,
+                         {"FD": False, "accuracy": True, "precision": True, "recall": True})
+        self.model = mnist_patcher(weights)
+        self.classifier = DigitClassifier().eval()
+        self.classifier.load_state_dict(_load_state(classifier))
+        split = mnist_data.load_split()
+        self.heldout = mnist_data.to_unit(split.test_images)
+        self.train = mnist_data.to_unit(split.train_images)
+        with torch.no_grad():
+            self.heldout_features = self.classifier.features(self.heldout)
+
+    @staticmethod
+    def labels(n: int) -> list[int]:
+        return [i % 10 for i in range(n)]
+
+    def sample(self, model, cfg, seed, n, steps):
+        latent = torch.zeros(n, 3, mnist_data.SIZE, mnist_data.SIZE)
+        noise = torch.randn(latent.shape, generator=torch.Generator().manual_seed(seed))
+        positive = [[demo_mnist.digit_context(self.labels(n)), {}]]
+        negative = [[demo_mnist.digit_context([demo_mnist.NULL]), {}]]
+        out = comfy.sample.sample(model, noise, steps, cfg, self.sampler, self.scheduler, positive, negative,
+                                  latent, seed=seed, disable_pbar=True)
+        return mnist_data.from_latent(out)
+
+    def reference(self, seed, n):
+        """n real training digits, balanced like the samples (the 'data' row: what perfect looks like)."""
+        split = mnist_data.load_split()
+        gen = torch.Generator().manual_seed(1000 + seed)
+        picks = []
+        for label in self.labels(n):
+            idx = (split.train_labels == label).nonzero().flatten()
+            picks.append(idx[torch.randint(len(idx), (1,), generator=gen)].item())
+        return self.train[picks]
+
+    def score(self, samples, seed):
+        with torch.no_grad():
+            feats = self.classifier.features(samples)
+            logits = self.classifier.head(feats)
+        n = samples.shape[0]
+        real = self.heldout_features[torch.randperm(len(self.heldout_features),
+                                                    generator=torch.Generator().manual_seed(seed))[:n]]
+        precision, recall = metrics.precision_recall(real, feats)
+        return {"FD": metrics.frechet_distance(feats, self.heldout_features),
+                "accuracy": metrics.accuracy(logits, torch.tensor(self.labels(n))),
+                "precision": precision, "recall": recall}
+
+
+class ToySetting(Setting):
+    """The 2D fractal, class A (the autoguidance toy's setting): exact log-likelihood and support."""
+
+    def __init__(self, weights: Path = WEIGHTS / "toy-main.safetensors"):
+        super().__init__("toy", "heun", "karras", 32,
+                         {"log-likelihood": True, "off-support": False, "sliced W2": False})
+        self.model = toy_patcher(weights)
+        self.gt = fractal.mixture("A")
+        self.threshold = metrics.support_threshold(self.gt)
+
+    def sample(self, model, cfg, seed, n, steps):
+        latent = torch.zeros(n, 2, 1, 1)
+        noise = torch.randn(latent.shape, generator=torch.Generator().manual_seed(seed))
+        positive = [[toy_context(torch.zeros(1, dtype=torch.int64)), {}]]
+        negative = [[toy_context(torch.full((1,), 2, dtype=torch.int64)), {}]]
+        out = comfy.sample.sample(model, noise, steps, cfg, self.sampler, self.scheduler, positive, negative,
+                                  latent, seed=seed, disable_pbar=True)
+        return out.reshape(n, 2)
+
+    def reference(self, seed, n):
+        return self.gt.sample(n, generator=torch.Generator().manual_seed(1000 + seed))
+
+    def score(self, samples, seed):
+        truth = self.gt.sample(samples.shape[0], generator=torch.Generator().manual_seed(2000 + seed))
+        return {"log-likelihood": metrics.mean_log_likelihood(samples, self.gt),
+                "off-support": metrics.off_support_fraction(samples, self.gt, self.threshold),
+                "sliced W2": metrics.sliced_wasserstein(samples, truth)}
+
+
+SETTINGS = {"toy": ToySetting, "mnist": MNISTSetting}

@@ -1,0 +1,159 @@
+"""Train GuideKit's MNIST models on the CPU (seeded, progress bars), written to benchmarks/weights/.
+
+    python3 scripts/host.py run-python benchmarks/train_mnist.py MODEL [--iters N] [--out FILE] [--quiet]
+
+MODEL (defaults measured on 2 CPU cores):
+  main                 class-conditional UNet (ComfyUI's UNetModel), 15 % null-label dropout    ~12 min
+  weak                 the same network trained 1/6 as long: the guiding model of autoguidance  ~2 min
+  uncond               the same network, always the null token (unconditional model)            ~6 min
+  eval-classifier      CNN on all 10,000 digits with random affine augmentation (metrics only)  ~1 min
+  guidance-classifier  small CNN, clean training digits only (the off-the-shelf guidance net)   <1 min
+Diffusion models: EPS prediction on SD's discrete schedule through ComfyUI's own BaseModel.apply_model
+(the exact parametrisation sampling uses), loss ‖ε̂ − ε‖², Adam, EMA of weights.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from evidence import mnist_data  # noqa: E402
+from evidence.networks import CLASSIFIERS, random_affine  # noqa: E402
+from evidence.training import EMA, WEIGHTS, progress, save_weights  # noqa: E402
+
+DIFFUSION = {  # name: iterations, label dropout (1.0 = always null), seed
+    "main": (1500, 0.15, 0),
+    "weak": (250, 0.15, 1),
+    "uncond": (750, 1.0, 2),
+}
+CLASSIFIER = {  # name: iterations, augmentation, use all digits, seed
+    "eval-classifier": (1500, True, True, 3),
+    "guidance-classifier": (300, False, False, 4),
+}
+BATCH = 128
+
+
+def default_out(name: str) -> Path:
+    return WEIGHTS / (f"mnist-{name}.safetensors" if name in DIFFUSION else f"mnist-classifier-{name.split('-')[0]}.safetensors")
+
+
+def init_unet(module: torch.nn.Module, seed: int) -> None:
+    """ComfyUI builds layers without init: PyTorch's default init for conv/linear, zero output conv."""
+    torch.manual_seed(seed)
+    for m in module.modules():
+        for base in (torch.nn.Conv2d, torch.nn.Linear):
+            if isinstance(m, base):
+                base.reset_parameters(m)    # ComfyUI's ops override reset_parameters with a no-op
+        if isinstance(m, (torch.nn.GroupNorm, torch.nn.LayerNorm)) and m.weight is not None:
+            torch.nn.init.ones_(m.weight)
+            torch.nn.init.zeros_(m.bias)
+    last = module.out[-1]
+    torch.nn.init.zeros_(last.weight)
+    torch.nn.init.zeros_(last.bias)
+    bad = [n for n, p in module.named_parameters() if not torch.isfinite(p).all()]
+    if bad:
+        raise RuntimeError(f"parameters left uninitialised: {bad[:5]}")
+
+
+def train_diffusion(name: str, iters: int, out: Path, quiet: bool) -> Path:
+    from evidence.comfy_models import demo_mnist
+    default_iters, dropout, seed = DIFFUSION[name]
+    split = mnist_data.load_split()
+    data = mnist_data.to_latent(mnist_data.to_unit(split.train_images))
+    labels = split.train_labels
+    model = demo_mnist.build_model()
+    model.project_to_grey = False          # fit the UNet's own output; the projection is for sampling
+    net = model.diffusion_model
+    init_unet(net, seed)
+    net.train()
+    sigmas = model.model_sampling.sigmas.float()
+    opt = torch.optim.Adam(net.parameters(), lr=1e-3)
+    ema = EMA(net, 0.995)
+    gen = torch.Generator().manual_seed(seed)
+    t0 = time.monotonic()
+    bar = progress(iters, f"mnist {name}", quiet)
+    for i in bar:
+        opt.param_groups[0]["lr"] = 1e-3 * min(1.0, (i + 1) / 100)
+        idx = torch.randint(len(data), (BATCH,), generator=gen)
+        x0, y = data[idx], labels[idx].clone()
+        y[torch.rand(BATCH, generator=gen) < dropout] = demo_mnist.NULL
+        sigma = sigmas[torch.randint(len(sigmas), (BATCH,), generator=gen)]
+        eps = torch.randn(x0.shape, generator=gen)
+        x = x0 + sigma.view(-1, 1, 1, 1) * eps
+        denoised = model.apply_model(x, sigma, c_crossattn=demo_mnist.digit_context(y.tolist()))
+        eps_hat = (x - denoised) / sigma.view(-1, 1, 1, 1)
+        loss = F.mse_loss(eps_hat, eps)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
+        opt.step()
+        ema.update(net)
+        if i % 50 == 0:
+            bar.set_postfix(loss=f"{loss.item():.4f}")
+    return save_weights(out, ema.model.state_dict(), demo_mnist.KIND, time.monotonic() - t0, split.sha256,
+                        model=name, iterations=iters, batch=BATCH, label_dropout=dropout, seed=seed,
+                        unet_config=demo_mnist.MNIST_UNET, prediction="eps", schedule="sd-discrete-linear")
+
+
+def train_classifier(name: str, iters: int, out: Path, quiet: bool) -> Path:
+    _, augment, all_digits, seed = CLASSIFIER[name]
+    split = mnist_data.load_split()
+    images, labels = split.train_images, split.train_labels
+    if all_digits:
+        images, labels = torch.cat([images, split.test_images]), torch.cat([labels, split.test_labels])
+    data = mnist_data.to_unit(images)
+    torch.manual_seed(seed)
+    net = CLASSIFIERS[name]()
+    net.train()
+    opt = torch.optim.Adam(net.parameters(), lr=1e-3)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=2e-3, total_steps=iters)
+    gen = torch.Generator().manual_seed(seed)
+    t0 = time.monotonic()
+    bar = progress(iters, f"mnist {name}", quiet)
+    for i in bar:
+        idx = torch.randint(len(data), (BATCH,), generator=gen)
+        x, y = data[idx], labels[idx]
+        if augment:
+            x = random_affine(x, gen)
+        loss = F.cross_entropy(net(x), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        if i % 50 == 0:
+            bar.set_postfix(loss=f"{loss.item():.3f}")
+    net.eval()
+    with torch.no_grad():
+        acc = (net(mnist_data.to_unit(split.test_images)).argmax(1) == split.test_labels).float().mean().item()
+    print(f"{name}: accuracy on the held-out digits {acc:.4f}" + (" (seen in training)" if all_digits else ""))
+    return save_weights(out, net.state_dict(), f"guidekit-mnist-{name}", time.monotonic() - t0, split.sha256,
+                        model=name, iterations=iters, batch=BATCH, augmentation=augment, seed=seed,
+                        trained_on="all 10000 digits" if all_digits else "training split (8000)",
+                        heldout_accuracy=f"{acc:.4f}")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("model", choices=[*DIFFUSION, *CLASSIFIER])
+    parser.add_argument("--iters", type=int, help="training iterations (default: the table above)")
+    parser.add_argument("--out", type=Path, help="output .safetensors (default: benchmarks/weights/...)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    args = parser.parse_args()
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    out = args.out or default_out(args.model)
+    t0 = time.monotonic()
+    if args.model in DIFFUSION:
+        path = train_diffusion(args.model, args.iters or DIFFUSION[args.model][0], out, args.quiet)
+    else:
+        path = train_classifier(args.model, args.iters or CLASSIFIER[args.model][0], out, args.quiet)
+    print(f"wrote {path} in {time.monotonic() - t0:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
