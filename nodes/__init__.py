@@ -3,11 +3,13 @@ from __future__ import annotations
 
 from comfy_api.latest import ComfyExtension, io
 
+from .demo_mnist import MNISTDemoLoader, MNISTDigits
 from .pag import PerturbedAttentionGuidanceGK
 from .sag import SelfAttentionGuidanceGK
 from .seg import SmoothedEnergyGuidanceGK
 
-NODES: list[type[io.ComfyNode]] = [PerturbedAttentionGuidanceGK, SmoothedEnergyGuidanceGK, SelfAttentionGuidanceGK]
+NODES: list[type[io.ComfyNode]] = [PerturbedAttentionGuidanceGK, SmoothedEnergyGuidanceGK, SelfAttentionGuidanceGK,
+                                   MNISTDemoLoader, MNISTDigits]
 
 
 class GuideKitExtension(ComfyExtension):

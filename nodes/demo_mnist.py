@@ -1,0 +1,159 @@
+"""Demo nodes: GuideKit's own MNIST diffusion model (trained on CPU, shipped in the pack).
+
+The model is ComfyUI's UNet (self- and cross-attention blocks, so every attention hook applies) in
+ComfyUI's pixel-space latent layout (3 equal channels in [-1, 1], as Chroma Radiance), EPS prediction
+with SD's discrete schedule. The class reaches it through cross-attention on one token: a one-hot over
+10 digits + a null slot (a one-hot times the learned key/value projections is a learned class
+embedding, the null column the learned unconditional token). ComfyUI's checkpoint loaders cannot
+detect such a model, hence this loader; everything else in a workflow stays standard ComfyUI.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+import comfy.latent_formats
+import comfy.model_base
+import comfy.model_management
+import comfy.model_patcher
+import comfy.sd
+import comfy.supported_models_base
+import comfy.utils
+from comfy_api.latest import io
+
+CATEGORY = "GuideKit/demo"
+WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "benchmarks" / "weights"
+KIND = "guidekit-mnist-unet"
+NULL = 10                       # index of the unconditional token in the one-hot
+CONTEXT_DIM = 11
+
+MNIST_UNET: dict = {
+    "use_checkpoint": False, "image_size": 16, "use_spatial_transformer": True, "legacy": False,
+    "in_channels": 3, "out_channels": 3, "adm_in_channels": None, "use_temporal_attention": False,
+    "use_temporal_resblock": False, "model_channels": 32, "channel_mult": [1, 2], "num_res_blocks": [1, 1],
+    "transformer_depth": [0, 1], "transformer_depth_middle": 1, "transformer_depth_output": [0, 0, 1, 1],
+    "context_dim": CONTEXT_DIM, "num_head_channels": 32, "use_linear_in_transformer": True,
+}
+
+
+class MNISTDemoConfig(comfy.supported_models_base.BASE):
+    """Model config for ComfyUI's BaseModel: pixel-space latent, default EPS discrete schedule."""
+    unet_config: dict = {}
+    unet_extra_config: dict = {}
+    latent_format = comfy.latent_formats.ChromaRadiance
+    memory_usage_factor = 1.0
+    supported_inference_dtypes = [torch.float32]
+
+
+class MNISTDemoModel(comfy.model_base.BaseModel):
+    """ComfyUI's BaseModel whose denoised prediction is projected onto grey images (equal channels).
+
+    The digits are grey, so E[x0|x] has equal channels; the mean over channels of the network's
+    estimate is closer to it than the estimate itself (a projection onto a set holding the truth).
+    Without it the three channels drift apart from independent per-channel noise (colour casts).
+    Training (benchmarks/train_mnist.py) switches it off and fits the plain UNet output.
+    """
+    project_to_grey = True
+
+    def _apply_model(self, x, t, *args, **kwargs):
+        denoised = super()._apply_model(x, t, *args, **kwargs)
+        return denoised.mean(1, keepdim=True).expand_as(denoised) if self.project_to_grey else denoised
+
+
+def build_model(unet_config: dict | None = None, device: torch.device | None = None) -> MNISTDemoModel:
+    """The MNIST UNet inside ComfyUI's model wrapper (weights uninitialised: load or initialise them)."""
+    config = MNISTDemoConfig({**MNIST_UNET, **(unet_config or {}), "dtype": torch.float32})
+    config.set_inference_dtype(torch.float32, None)
+    return MNISTDemoModel(config, device=device or torch.device("cpu"))
+
+
+def read_metadata(path: Path) -> dict:
+    from safetensors import safe_open
+    with safe_open(str(path), framework="pt") as f:
+        return dict(f.metadata() or {})
+
+
+def load_patcher(path: Path):
+    """A ModelPatcher for a GuideKit MNIST weights file (its UNet config is in the file's metadata)."""
+    meta = read_metadata(path)
+    if meta.get("guidekit.kind") != KIND:
+        raise ValueError(f"{path.name} is not a GuideKit MNIST UNet (metadata kind {meta.get('guidekit.kind')!r})")
+    unet_config = json.loads(meta.get("guidekit.unet_config", "{}"))
+    load_device = comfy.model_management.get_torch_device()
+    offload = comfy.model_management.unet_offload_device()
+    model = build_model(unet_config, device=offload)
+    state = comfy.utils.load_torch_file(str(path))
+    missing, unexpected = model.diffusion_model.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise ValueError(f"{path.name}: weights do not fit the UNet config "
+                         f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
+    model.eval()
+    return comfy.model_patcher.ModelPatcher(model, load_device=load_device, offload_device=offload)
+
+
+def pixel_space_vae():
+    """ComfyUI's pixel-space 'VAE' (identity; decode maps [-1, 1] to [0, 1] images)."""
+    return comfy.sd.VAE(sd={"pixel_space_vae": torch.tensor(1.0)})
+
+
+def digit_context(labels: list[int]) -> torch.Tensor:
+    """Digits 0-9 or NULL → the one-hot cross-attention context (B, 1, 11)."""
+    return torch.nn.functional.one_hot(torch.tensor(labels, dtype=torch.int64), CONTEXT_DIM).float().unsqueeze(1)
+
+
+def weight_files() -> list[str]:
+    return sorted(p.name for p in WEIGHTS_DIR.glob("mnist-*.safetensors")
+                  if not p.name.startswith("mnist-classifier")) if WEIGHTS_DIR.is_dir() else []
+
+
+def parse_digits(node: str, text: str) -> list[int]:
+    """'0123456789' → one digit per sample; 'none' → the unconditional (null) token."""
+    cleaned = text.replace(" ", "").replace(",", "").lower()
+    if cleaned in ("none", "null", "uncond"):
+        return [NULL]
+    if not cleaned or not cleaned.isdigit():
+        raise ValueError(f"{node}: input 'digits' = {text!r} is not a list of digits; write e.g. '7' or "
+                         "'0123456789' (one digit per image of the batch) or 'none' for the unconditional token")
+    return [int(c) for c in cleaned]
+
+
+class MNISTDemoLoader(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="GuideKitMNISTLoader", display_name="GuideKit MNIST Demo Loader", category=CATEGORY,
+            description="Loads GuideKit's own class-conditional MNIST diffusion model (16×16 pixel space, trained on "
+                        "CPU by benchmarks/train_mnist.py) and the pixel-space VAE. Use with "
+                        "EmptyChromaRadianceLatentImage (16×16) and GuideKit MNIST Digits.",
+            inputs=[io.Combo.Input("weights", options=weight_files() or ["mnist-main.safetensors"],
+                                   tooltip="A weights file from the pack's benchmarks/weights folder.")],
+            outputs=[io.Model.Output(), io.Vae.Output()],
+        )
+
+    @classmethod
+    def execute(cls, weights: str) -> io.NodeOutput:
+        path = WEIGHTS_DIR / weights
+        if not path.is_file():
+            raise ValueError(f"GuideKit MNIST Demo Loader: input 'weights' = {weights!r} not found in {WEIGHTS_DIR}; "
+                             "train it with `python3 scripts/host.py run-python benchmarks/train_mnist.py`")
+        return io.NodeOutput(load_patcher(path), pixel_space_vae())
+
+
+class MNISTDigits(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="GuideKitMNISTDigits", display_name="GuideKit MNIST Digits", category=CATEGORY,
+            description="Class conditioning for the MNIST demo model: one digit per image of the batch "
+                        "(repeated to fill it), or 'none' for the learned unconditional token (the negative).",
+            inputs=[io.String.Input("digits", default="0123456789",
+                                    tooltip="Digits, one per image ('7', '0123456789'), or 'none' = unconditional.")],
+            outputs=[io.Conditioning.Output()],
+        )
+
+    @classmethod
+    def execute(cls, digits: str) -> io.NodeOutput:
+        labels = parse_digits("GuideKit MNIST Digits", digits)
+        return io.NodeOutput([[digit_context(labels), {}]])
