@@ -1,10 +1,12 @@
 """Tier 3: the benchmark scripts' smoke versions run, so they cannot rot between full runs."""
+import json
 import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 REPO = Path(__file__).resolve().parent.parent
@@ -19,3 +21,49 @@ def test_attention_overhead_quick_run_prints_every_method():
                    "PAG in place of uncond", "PAG 20-80 %"):
         assert f" {method} " in table, method
     assert "flux" in table and "quick run: results not written" in out.stdout
+
+
+def run_script(*args, timeout=900):
+    return subprocess.run([sys.executable, *map(str, args)], capture_output=True, text=True, timeout=timeout,
+                          env=os.environ.copy(), cwd=REPO)
+
+
+def test_quality_smoke_scores_every_registered_method(tmp_path):
+    out = run_script(REPO / "benchmarks" / "quality.py", "--smoke", "--out", tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    results = json.loads((tmp_path / "quality.json").read_text())
+    assert results["meta"]["smoke"] is True
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    from evidence.methods import REGISTRY
+    for dataset in ("toy", "mnist"):
+        ds = results["datasets"][dataset]
+        expected = {name for name, m in REGISTRY.items() if dataset in m.scales}
+        assert {r["method"] for r in ds["runs"]} == expected
+        assert {"unguided", "cfg"} <= expected
+        for run in ds["runs"]:
+            for metric, summary in run["metrics"].items():
+                assert len(summary["values"]) == 2 and summary["mean"] == summary["mean"], (dataset, run["label"], metric)
+            assert run["step_time_ratio_to_cfg"] > 0
+        assert Image.open(tmp_path / f"quality_{dataset}.png").size[0] > 100
+    table = (tmp_path / "quality.md").read_text()
+    assert "| *real data* |" in table and "| CFG 1.5 |" in table and "| PAG 1 |" in table
+
+
+def test_training_scripts_run_end_to_end(tmp_path):
+    """Every model's training script, a few iterations each, writes weights the loaders accept."""
+    for model in ("main", "uncond", "eval-classifier", "guidance-classifier"):
+        out = run_script(REPO / "benchmarks" / "train_mnist.py", model, "--iters", 2, "--quiet",
+                         "--out", tmp_path / f"{model}.safetensors")
+        assert out.returncode == 0, out.stderr[-3000:]
+    out = run_script(REPO / "benchmarks" / "train_toy.py", "--iters", 3, "--quiet", "--out-dir", tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    check = ("import sys, pathlib; sys.path.insert(0, 'benchmarks');"
+             "from evidence import comfy_models as c; p = pathlib.Path(sys.argv[1]);"
+             "c.mnist_patcher(p / 'main.safetensors'); c.toy_patcher(p / 'toy-main.safetensors');"
+             "c.toy_patcher(p / 'toy-weak.safetensors'); print('loaded')")
+    out = subprocess.run([sys.executable, "-c", check, str(tmp_path)], capture_output=True, text=True,
+                         env=os.environ.copy(), cwd=REPO, timeout=300)
+    assert out.returncode == 0 and "loaded" in out.stdout, out.stderr[-3000:]
+    names = {p.name for p in tmp_path.glob("*.safetensors")}
+    assert {"toy-main.safetensors", "toy-weak.safetensors", "toy-uncond.safetensors",
+            "toy-classifier-linear.safetensors", "toy-classifier-mlp.safetensors"} <= names

@@ -13,7 +13,8 @@ from PIL import Image
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 REPO = Path(__file__).resolve().parent.parent
-DEMO = REPO / "workflows" / "api" / "txt2img_default.json"
+DEMO = REPO / "workflows" / "api" / "txt2img_default.json"        # thin SD1.5 checkpoint (random weights)
+MNIST_DEMO = REPO / "workflows" / "api" / "mnist_digits.json"     # the README's main command
 
 
 def load_demo() -> dict:
@@ -41,6 +42,31 @@ def test_server_loads_the_pack_without_errors(server):
     with urllib.request.urlopen(server.url + "/workflow_templates") as r:
         templates = json.load(r)
     assert any("txt2img_default" in names for names in templates.values()), templates
+    assert any("mnist_digits" in names for names in templates.values()), templates
+
+
+def readme_main_command() -> str:
+    text = (REPO / "README.md").read_text()
+    return text.split("```bash", 1)[1].split("```", 1)[0].strip().splitlines()[0].split("#")[0].strip()
+
+
+def test_readme_main_command_draws_the_ten_digits(server, tmp_path):
+    """The README's first command runs the MNIST demo; the evaluation classifier reads digits 0-9."""
+    assert readme_main_command() == "python3 scripts/host.py run workflows/api/mnist_digits.json --out guidekit-out"
+    result = server.run(json.loads(MNIST_DEMO.read_text()), tmp_path)
+    assert len(result.images) == 10
+    pixels = np.stack([np.asarray(Image.open(p)) for p in sorted(result.images)])
+    assert pixels.shape == (10, 64, 64, 3)
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import torch
+    from evidence.networks import DigitClassifier
+    from safetensors.torch import load_file
+    clf = DigitClassifier().eval()
+    clf.load_state_dict(load_file(str(REPO / "benchmarks" / "weights" / "mnist-classifier-eval.safetensors")))
+    digits = torch.from_numpy(pixels[:, ::4, ::4, :].mean(-1, keepdims=True) / 255.0).float().permute(0, 3, 1, 2)
+    with torch.no_grad():
+        read = clf(digits).argmax(1).tolist()
+    assert sum(r == i for i, r in enumerate(read)) >= 8, read
 
 
 def test_demo_workflow_renders_an_image_deterministically(server, tmp_path):
@@ -147,6 +173,9 @@ def test_guidance_nodes_are_registered_and_change_the_image(server, tmp_path):
     info = server.object_info()
     for node in ("GuideKitPAG", "GuideKitSEG", "GuideKitSAG"):
         assert info[node]["category"] == "GuideKit/attention" and info[node]["output"] == ["MODEL"]
+    assert info["GuideKitMNISTLoader"]["category"] == "GuideKit/demo"
+    assert info["GuideKitMNISTLoader"]["output"] == ["MODEL", "VAE"]
+    assert info["GuideKitMNISTDigits"]["output"] == ["CONDITIONING"]
     plain = np.asarray(Image.open(server.run(load_demo(), tmp_path / "plain").images[0]))
     workflow = json.loads((REPO / "workflows" / "api" / "pag_sd15.json").read_text())
     guided = np.asarray(Image.open(server.run(workflow, tmp_path / "pag").images[0]))

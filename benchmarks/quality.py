@@ -1,0 +1,143 @@
+"""Does guidance help? Every registered method's scale sweep, scored on models we trained ourselves.
+
+    python3 scripts/host.py run-python benchmarks/quality.py [--smoke] [--datasets toy mnist]
+                                                           [--methods unguided cfg ...] [--out DIR]
+
+Settings (benchmarks/evidence/datasets.py): the 2D fractal class A (EDM toy model, Heun 32 steps,
+Karras σ 10 → 0.002; exact log-likelihood, off-support fraction, sliced W2) and class-conditional
+MNIST 16×16 (ComfyUI UNet, euler 20 steps, normal schedule; Fréchet distance, accuracy, precision
+and recall in the evaluation classifier's feature space against 2,000 held-out digits). Each cell is
+mean ± std over seeds. Methods come from benchmarks/evidence/methods.py (one registry entry each),
+applied through the pack's real nodes and sampled with comfy.sample. Writes quality.json, quality.md
+and labelled sample grids quality_<dataset>.png to --out (default benchmarks/results/). `--smoke` is
+the seconds-long version CI runs (tiny sample counts, first scale of each method).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from evidence.datasets import SETTINGS  # noqa: E402  (imports ComfyUI in-process, CPU)
+from evidence.grids import mnist_grid, toy_grid  # noqa: E402
+from evidence.methods import REGISTRY  # noqa: E402
+
+REPO = Path(__file__).resolve().parent.parent
+FULL = {"seeds": (0, 1, 2), "n": {"toy": 2000, "mnist": 300}, "steps": None}
+SMOKE = {"seeds": (0, 1), "n": {"toy": 64, "mnist": 10}, "steps": {"toy": 4, "mnist": 3}}
+GRIDS = {"toy": toy_grid, "mnist": mnist_grid}
+
+
+def summarize(values: list[float]) -> dict:
+    return {"mean": statistics.fmean(values), "std": statistics.pstdev(values) if len(values) > 1 else 0.0,
+            "values": values}
+
+
+def run_setting(name: str, methods: list[str], plan: dict, smoke: bool) -> dict:
+    setting = SETTINGS[name]()
+    n, steps = plan["n"][name], (plan["steps"] or {}).get(name, setting.steps)
+    ref = {k: [] for k in setting.higher_is_better}
+    rows, grid = [], []
+    for seed in plan["seeds"]:
+        real = setting.reference(seed, n)
+        if not grid:
+            grid.append(("real data", real))
+        for k, v in setting.score(real, seed).items():
+            ref[k].append(v)
+    for method_name in methods:
+        method = REGISTRY[method_name]
+        scales = method.scales.get(name)
+        if not scales:
+            continue
+        for scale in scales[:1] if smoke else scales:
+            model, cfg = method.apply(setting.model, scale)
+            per_metric = {k: [] for k in setting.higher_is_better}
+            seconds = []
+            first = None
+            for seed in plan["seeds"]:
+                t0 = time.perf_counter()
+                samples = setting.sample(model, cfg, seed, n, steps)
+                seconds.append(time.perf_counter() - t0)
+                if not torch.isfinite(samples).all():
+                    raise RuntimeError(f"{name} / {method_name} {scale}: non-finite samples")
+                first = samples if first is None else first
+                for k, v in setting.score(samples, seed).items():
+                    per_metric[k].append(v)
+            label = method.label.format(s=f"{scale:g}")
+            row = {"method": method_name, "label": label, "scale": scale, "cfg": cfg,
+                   "metrics": {k: summarize(v) for k, v in per_metric.items()},
+                   "seconds_per_run": statistics.fmean(seconds)}
+            rows.append(row)
+            grid.append((label, first))
+            print(f"  {name:5s} {label:18s} " + "  ".join(
+                f"{k} {row['metrics'][k]['mean']:.4g}±{row['metrics'][k]['std']:.2g}" for k in per_metric)
+                + f"  {row['seconds_per_run']:.1f} s", flush=True)
+    cfg_rows = [r for r in rows if r["method"] == "cfg"]
+    base = cfg_rows[0]["seconds_per_run"] if cfg_rows else None
+    for r in rows:
+        r["step_time_ratio_to_cfg"] = r["seconds_per_run"] / base if base else None
+    return {"sampler": setting.sampler, "scheduler": setting.scheduler, "steps": steps, "samples_per_seed": n,
+            "seeds": list(plan["seeds"]), "higher_is_better": setting.higher_is_better,
+            "reference": {k: summarize(v) for k, v in ref.items()}, "runs": rows}, grid
+
+
+def markdown(results: dict) -> str:
+    lines = ["# GuideKit quality benchmark", "",
+             f"{results['meta']['date']}, {results['meta']['machine']}, {results['meta']['runtime_s']:.0f} s. "
+             "Mean ± std over seeds; ↑ higher is better, ↓ lower. Time: seconds per sampling run relative to CFG.", ""]
+    for name, ds in results["datasets"].items():
+        keys = list(ds["higher_is_better"])
+        arrows = [f"{k} {'↑' if ds['higher_is_better'][k] else '↓'}" for k in keys]
+        lines += [f"## {name} ({ds['samples_per_seed']} samples × {len(ds['seeds'])} seeds, "
+                  f"{ds['sampler']} {ds['steps']} steps, {ds['scheduler']})", "",
+                  "| method | " + " | ".join(arrows) + " | time vs CFG |",
+                  "|---|" + "---|" * (len(keys) + 1)]
+        ref = ds["reference"]
+        lines.append("| *real data* | " + " | ".join(f"{ref[k]['mean']:.4g} ± {ref[k]['std']:.2g}" for k in keys) + " | |")
+        for r in ds["runs"]:
+            ratio = r["step_time_ratio_to_cfg"]
+            cells = [f"{r['metrics'][k]['mean']:.4g} ± {r['metrics'][k]['std']:.2g}" for k in keys]
+            cells.append(f"{ratio:.2f}" if ratio is not None else "–")
+            lines.append(f"| {r['label']} | " + " | ".join(cells) + " |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--smoke", action="store_true", help="seconds-long run (CI): tiny counts, first scales")
+    parser.add_argument("--datasets", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
+    parser.add_argument("--methods", nargs="+", default=list(REGISTRY), choices=list(REGISTRY))
+    parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results")
+    args = parser.parse_args()
+    torch.set_flush_denormal(True)
+    plan = SMOKE if args.smoke else FULL
+    t0 = time.monotonic()
+    datasets, grids = {}, {}
+    for name in args.datasets:
+        print(f"{name}:", flush=True)
+        datasets[name], grids[name] = run_setting(name, args.methods, plan, args.smoke)
+    results = {"meta": {"date": time.strftime("%Y-%m-%d"), "smoke": args.smoke,
+                        "machine": f"{platform.machine()} CPU, {torch.get_num_threads()} threads, torch {torch.__version__}",
+                        "runtime_s": time.monotonic() - t0},
+               "datasets": datasets}
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "quality.json").write_text(json.dumps(results, indent=1))
+    table = markdown(results)
+    (args.out / "quality.md").write_text(table)
+    for name, grid in grids.items():
+        GRIDS[name](grid, args.out / f"quality_{name}.png")
+    print(table)
+    print(f"wrote {args.out / 'quality.json'}, quality.md and the grids in {time.monotonic() - t0:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
