@@ -144,7 +144,6 @@ def main() -> int:
     parser.add_argument("--out", type=Path, help="output .safetensors (default: benchmarks/weights/...)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     args = parser.parse_args()
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     out = args.out or default_out(args.model)
     t0 = time.monotonic()
     if args.model in DIFFUSION:

@@ -13,6 +13,7 @@ from comfy_host import import_comfy  # noqa: E402
 
 comfy = import_comfy()
 import comfy.latent_formats  # noqa: E402
+import comfy.model_base  # noqa: E402
 import comfy.model_patcher  # noqa: E402
 import comfy.supported_models_base  # noqa: E402
 import comfy.utils  # noqa: E402
@@ -37,13 +38,9 @@ class ToyConfig(comfy.supported_models_base.BASE):
     sampling_settings = TOY_SIGMA
     supported_inference_dtypes = [torch.float32]
 
-    def model_type(self, state_dict, prefix=""):
-        return comfy.model_base.ModelType.EDM
-
 
 def toy_base_model(hidden: int, layers: int):
     """ComfyUI's BaseModel (EDM preconditioning, σ_data 0.5) around a ToyDenoiser."""
-    import comfy.model_base
     config = ToyConfig({"hidden": hidden, "layers": layers})
     config.set_inference_dtype(torch.float32, None)
     return comfy.model_base.BaseModel(config, model_type=comfy.model_base.ModelType.EDM,

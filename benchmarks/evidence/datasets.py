@@ -52,7 +52,7 @@ class MNISTSetting(Setting):
         self.model = mnist_patcher(weights)
         self.classifier = DigitClassifier().eval()
         self.classifier.load_state_dict(_load_state(classifier))
-        split = mnist_data.load_split()
+        self.split = split = mnist_data.load_split()
         self.heldout = mnist_data.to_unit(split.test_images)
         self.train = mnist_data.to_unit(split.train_images)
         with torch.no_grad():
@@ -73,11 +73,10 @@ class MNISTSetting(Setting):
 
     def reference(self, seed, n):
         """n real training digits, balanced like the samples (the 'data' row: what perfect looks like)."""
-        split = mnist_data.load_split()
         gen = torch.Generator().manual_seed(1000 + seed)
         picks = []
         for label in self.labels(n):
-            idx = (split.train_labels == label).nonzero().flatten()
+            idx = (self.split.train_labels == label).nonzero().flatten()
             picks.append(idx[torch.randint(len(idx), (1,), generator=gen)].item())
         return self.train[picks]
 
