@@ -78,7 +78,11 @@ SPECS: dict[str, ThinSpec] = {
 
 
 def init_weights(module: torch.nn.Module, seed: int, std: float = 0.02) -> torch.nn.Module:
-    """Seeded init: matrices/kernels ~ N(0, std), norm scales 1, biases 0 (ComfyUI leaves them empty)."""
+    """Seeded init: matrices/kernels ~ N(0, std), norm scales 1, biases 0 (ComfyUI leaves them empty).
+
+    Floating buffers too (MMDiT's pos_embed is torch.empty until a checkpoint fills it): left alone
+    they hold whatever memory the allocator hands back, and sampling turns NaN after other tests.
+    """
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, p in module.named_parameters():
@@ -88,6 +92,9 @@ def init_weights(module: torch.nn.Module, seed: int, std: float = 0.02) -> torch
                 p.zero_()
             else:
                 p.fill_(1.0)
+        for b in module.buffers():
+            if b.is_floating_point():
+                b.copy_(torch.randn(b.shape, generator=gen) * std)
     return module
 
 
