@@ -3,9 +3,9 @@
     python3 scripts/host.py run-python benchmarks/train_mnist.py MODEL [--iters N] [--out FILE] [--quiet]
 
 MODEL (defaults measured on 2 CPU cores):
-  main                 class-conditional UNet (ComfyUI's UNetModel), 15 % null-label dropout    ~12 min
+  main                 class-conditional UNet (ComfyUI's UNetModel), 15 % null-label dropout    ~14 min
   weak                 the same network trained 1/6 as long: the guiding model of autoguidance  ~2 min
-  uncond               the same network, always the null token (unconditional model)            ~6 min
+  uncond               the same network, always the null token (unconditional model)            ~14 min
   eval-classifier      CNN on all 10,000 digits with random affine augmentation (metrics only)  ~1 min
   guidance-classifier  small CNN, clean training digits only (the off-the-shelf guidance net)   <1 min
 Diffusion models: EPS prediction on SD's discrete schedule through ComfyUI's own BaseModel.apply_model
@@ -29,7 +29,7 @@ from evidence.training import EMA, WEIGHTS, progress, save_weights  # noqa: E402
 DIFFUSION = {  # name: iterations, label dropout (1.0 = always null), seed
     "main": (1500, 0.15, 0),
     "weak": (250, 0.15, 1),
-    "uncond": (750, 1.0, 2),
+    "uncond": (1500, 1.0, 2),
 }
 CLASSIFIER = {  # name: iterations, augmentation, use all digits, seed
     "eval-classifier": (1500, True, True, 3),
