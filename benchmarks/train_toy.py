@@ -15,6 +15,7 @@ toy example's exact score matching — with σ ~ lognormal(−2.3, 1.5), EDM's l
 from __future__ import annotations
 
 import argparse
+import hashlib
 import sys
 import time
 from pathlib import Path
@@ -38,7 +39,7 @@ CLASSIFIERS = {"classifier-linear": (0, 2000, 3), "classifier-mlp": (64, 2000, 4
 
 
 def data_hash() -> str:
-    import hashlib
+    """sha256 of the mixture's parameters: the 2D models' training data, fully determined by them."""
     m = fractal.mixture("AB")
     return hashlib.sha256(torch.cat([m.weights.flatten(), m.means.flatten(), m.covs.flatten()]).numpy().tobytes()).hexdigest()
 

@@ -70,6 +70,7 @@ def build_model(unet_config: dict | None = None, device: torch.device | None = N
 
 
 def read_metadata(path: Path) -> dict:
+    """A safetensors file's metadata (GuideKit weights record their config and provenance there)."""
     from safetensors import safe_open
     with safe_open(str(path), framework="pt") as f:
         return dict(f.metadata() or {})

@@ -28,12 +28,6 @@ def toy(ev):
     return ev.datasets.ToySetting()
 
 
-def metadata(path: Path) -> dict:
-    from safetensors import safe_open
-    with safe_open(str(path), framework="pt") as f:
-        return f.metadata()
-
-
 def test_mnist_split_is_fixed_disjoint_and_balanced(ev):
     a, b = ev.mnist_data.load_split(), ev.mnist_data.load_split()
     assert len(a.train_labels) == 8000 and len(a.test_labels) == 2000
@@ -47,7 +41,8 @@ def test_mnist_split_is_fixed_disjoint_and_balanced(ev):
 
 @pytest.mark.parametrize("name", sorted(p.name for p in WEIGHTS.glob("*.safetensors")))
 def test_committed_weights_record_how_they_were_trained(ev, name):
-    meta = metadata(WEIGHTS / name)
+    from guidekit.nodes.demo_mnist import read_metadata
+    meta = read_metadata(WEIGHTS / name)
     assert meta["guidekit.command"].startswith("python3 scripts/host.py run-python benchmarks/train_")
     if name.startswith("mnist"):
         assert meta["guidekit.data_sha256"] == ev.mnist_data.load_split().sha256

@@ -48,11 +48,8 @@ def toy_base_model(hidden: int, layers: int):
 
 
 def toy_patcher(path: Path):
-    """ModelPatcher for a trained 2D denoiser file."""
-    from safetensors import safe_open
-    with safe_open(str(path), framework="pt") as f:
-        meta = f.metadata() or {}
-    arch = json.loads(meta["guidekit.arch"])
+    """ModelPatcher for a trained 2D denoiser file (its width and depth are in the file's metadata)."""
+    arch = json.loads(demo_mnist.read_metadata(path)["guidekit.arch"])
     model = toy_base_model(arch["hidden"], arch["layers"])
     model.diffusion_model.load_state_dict(comfy.utils.load_torch_file(str(path)))
     model.eval()

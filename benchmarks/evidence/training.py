@@ -38,16 +38,19 @@ def progress(total: int, desc: str, quiet: bool = False):
     return tqdm(range(total), desc=desc, disable=quiet, mininterval=2.0, dynamic_ncols=True)
 
 
+def training_command() -> str:
+    """The command that reproduces this run, as the README writes it (script path relative to the repo)."""
+    script = Path(sys.argv[0]).resolve()
+    shown = str(script.relative_to(REPO)) if script.is_relative_to(REPO) else sys.argv[0]
+    return "python3 scripts/host.py run-python " + shlex.join([shown, *sys.argv[1:]])
+
+
 def save_weights(path: Path, state: dict[str, torch.Tensor], kind: str, seconds: float, data_sha256: str,
                  **extra) -> Path:
     """Write weights with their provenance: the training command, data hash, time and settings."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    meta = {"guidekit.kind": kind, "guidekit.command": "python3 scripts/host.py run-python "
-            + " ".join(shlex.quote(a) for a in [str(Path(sys.argv[0]).resolve().relative_to(REPO))
-                                                if Path(sys.argv[0]).resolve().is_relative_to(REPO) else sys.argv[0],
-                                                *sys.argv[1:]]),
-            "guidekit.data_sha256": data_sha256, "guidekit.train_seconds": f"{seconds:.1f}",
-            "guidekit.trained_at": time.strftime("%Y-%m-%d")}
+    meta = {"guidekit.kind": kind, "guidekit.command": training_command(), "guidekit.data_sha256": data_sha256,
+            "guidekit.train_seconds": f"{seconds:.1f}", "guidekit.trained_at": time.strftime("%Y-%m-%d")}
     for key, value in extra.items():
         meta[f"guidekit.{key}"] = value if isinstance(value, str) else json.dumps(value)
     save_file({k: v.detach().contiguous().float() for k, v in state.items()}, str(path), metadata=meta)
