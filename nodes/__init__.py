@@ -3,12 +3,18 @@ from __future__ import annotations
 
 from comfy_api.latest import ComfyExtension, io
 
+from .autoguidance import AutoguidanceGK, AutoguidanceGuiderGK, DegradedModelGK
 from .demo_mnist import MNISTDemoLoader, MNISTDigits
+from .icg import IndependentConditionGuidanceGK
 from .pag import PerturbedAttentionGuidanceGK
 from .sag import SelfAttentionGuidanceGK
 from .seg import SmoothedEnergyGuidanceGK
+from .sims import SIMSLoRAGK
+from .tsg import TimestepGuidanceGK
 
 NODES: list[type[io.ComfyNode]] = [PerturbedAttentionGuidanceGK, SmoothedEnergyGuidanceGK, SelfAttentionGuidanceGK,
+                                   AutoguidanceGK, AutoguidanceGuiderGK, DegradedModelGK, SIMSLoRAGK,
+                                   IndependentConditionGuidanceGK, TimestepGuidanceGK,
                                    MNISTDemoLoader, MNISTDigits]
 
 

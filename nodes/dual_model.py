@@ -1,0 +1,183 @@
+"""A second model inside the main model's sampling (Autoguidance, SIMS): the weak pass and its memory.
+
+The weak model is evaluated on the main model's processed conditioning (the *same* condition, as the
+papers require) by ComfyUI's own calc_cond_batch, with the weak model's own options and wrappers.
+How it lives in memory:
+- a different model (another file): an additional model of the patched main one
+  (ModelPatcher.set_additional_models), so ComfyUI loads and offloads both together;
+- the same loaded checkpoint with the same weights (e.g. a "degraded self" made by GuideKit Degraded
+  Model): no second model at all, the weak pass runs on the main weights with the weak options;
+- the same loaded checkpoint with *different* weights (main = checkpoint + LoRA, weak = bare; or two LoRA
+  strengths): ComfyUI keeps one set of modules per loaded file and patches weights in place, so two such
+  models cannot be loaded at once. GuideKit gives the weak one a twin module tree whose parameters share
+  the file's unpatched tensors (no file copy, no second copy in RAM); ComfyUI then patches, loads and
+  offloads the twin like any other model (on a GPU it holds its own device copy, as any second model does).
+"""
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+import comfy.model_management
+import comfy.model_patcher
+import comfy.patcher_extension
+import comfy.samplers
+import comfy.utils
+
+from ..guidance.schedule import SigmaRange
+
+WEAK_KEY = "guidekit_weak_model"
+RUN_KEYS = ("sample_sigmas",)     # per-run transformer_options the guider sets on the main model only
+
+
+def check_pair(main, weak, node: str, input_name: str = "weak_model") -> None:
+    """The weak model must read the same latents with the same conditioning as the main one."""
+    a, b = main.model, weak.model
+    if type(a) is not type(b):
+        raise ValueError(f"{node}: input '{input_name}' is a {type(b).__name__} model but 'model' is a "
+                         f"{type(a).__name__}; the weak model must be the same architecture (an earlier "
+                         "checkpoint, a smaller sibling, a LoRA strength, or GuideKit Degraded Model)")
+    fa, fb = type(a.latent_format), type(b.latent_format)
+    if fa is not fb or a.latent_format.latent_channels != b.latent_format.latent_channels:
+        raise ValueError(f"{node}: input '{input_name}' works in the {fb.__name__} latent space but 'model' in "
+                         f"{fa.__name__}; both must read the same latents (same VAE family)")
+    sa, sb = a.model_sampling, b.model_sampling
+    same_schedule = _kind(sa) == _kind(sb) and all(
+        abs(float(getattr(sa, k)) - float(getattr(sb, k))) <= 1e-3 * abs(float(getattr(sa, k))) + 1e-6
+        for k in ("sigma_min", "sigma_max"))
+    if not same_schedule:
+        raise ValueError(f"{node}: input '{input_name}' uses a different noise schedule ({_kind(sb)[0]}, "
+                         f"σ {float(sb.sigma_min):.4g}-{float(sb.sigma_max):.4g}) than 'model' ({_kind(sa)[0]}, "
+                         f"σ {float(sa.sigma_min):.4g}-{float(sa.sigma_max):.4g}); apply the same ModelSampling "
+                         "node to both")
+
+
+def _kind(model_sampling) -> tuple[str, ...]:
+    """ComfyUI builds model_sampling classes on the fly: compare what they are made of."""
+    return tuple(c.__name__ for c in type(model_sampling).__mro__[1:])
+
+
+def same_weights(main, weak) -> bool:
+    """True when `weak` runs on exactly the weights `main` loads (same modules, patches and wrappers)."""
+    return (weak.model is main.model and weak.patches_uuid == main.patches_uuid
+            and weak.weight_wrapper_patches.keys() == main.weight_wrapper_patches.keys()
+            and all(weak.weight_wrapper_patches[k] == main.weight_wrapper_patches[k] for k in weak.weight_wrapper_patches)
+            and weak.object_patches == main.object_patches)
+
+
+def _clean_originals(base) -> tuple[dict, dict]:
+    """Unpatched parameters and objects of `base` if some patcher has it loaded now (its backups)."""
+    params, objects = {}, {}
+    for loaded in comfy.model_management.current_loaded_models:
+        patcher = loaded.model
+        if patcher is not None and patcher.model is base:
+            params.update({key: b.weight for key, b in patcher.backup.items()})
+            objects.update(patcher.object_patches_backup)
+    return params, objects
+
+
+def twin_patcher(weak):
+    """A ModelPatcher like `weak` on its own module tree that shares the unpatched weight tensors."""
+    base = weak.model
+    clean, objects = _clean_originals(base)
+    memo: dict[int, object] = {}
+    for name, param in base.named_parameters():
+        source = clean.get(name, param).detach().to(weak.offload_device)
+        memo[id(param)] = torch.nn.Parameter(source, requires_grad=False)
+    for buffer in base.buffers():
+        memo[id(buffer)] = buffer
+    for module in base.modules():       # load-time state of the loaded patcher: rebuilt when the twin loads
+        for attr in ("weight_function", "bias_function"):
+            if isinstance(getattr(module, attr, None), list):
+                memo[id(getattr(module, attr))] = []
+    twin = copy.deepcopy(base, memo)
+    for key, original in objects.items():
+        comfy.utils.set_attr(twin, key, original)
+    for module in twin.modules():
+        if hasattr(module, "prev_comfy_cast_weights"):
+            module.comfy_cast_weights = module.prev_comfy_cast_weights
+            del module.prev_comfy_cast_weights
+        if hasattr(module, "comfy_patched_weights"):
+            module.comfy_patched_weights = False
+    twin.device = weak.offload_device
+    twin.model_loaded_weight_memory = twin.lowvram_patch_counter = twin.model_offload_buffer_memory = 0
+    twin.model_lowvram, twin.current_weight_patches_uuid, twin.current_patcher = False, None, None
+    out = weak.clone()
+    out.model = twin
+    out.backup, out.object_patches_backup = {}, {}
+    out.weight_inplace_update = False       # never write into the tensors the file's other users share
+    return out
+
+
+def run_options(patcher, device: torch.device) -> dict:
+    """The options a sampler would give `patcher`'s model calls: its own, with its wrappers and callbacks."""
+    options = comfy.model_patcher.create_model_options_clone(patcher.model_options)
+    to = options.setdefault("transformer_options", {})
+    comfy.patcher_extension.merge_nested_dicts(to.setdefault("wrappers", {}), patcher.wrappers, copy_dict1=False)
+    comfy.patcher_extension.merge_nested_dicts(to.setdefault("callbacks", {}), patcher.callbacks, copy_dict1=False)
+    comfy.samplers.cast_to_load_options(options, device=device, dtype=patcher.model_dtype())
+    return options
+
+
+@dataclass
+class WeakModel:
+    """The weak model as the main model's sampling sees it."""
+    patcher: object
+    shares_main_weights: bool
+    options: dict = field(default_factory=dict)
+
+    @classmethod
+    def attach(cls, main, weak, node: str, input_name: str = "weak_model") -> tuple[object, "WeakModel"]:
+        """Clone `main` and make `weak` load, offload and prepare with it; returns (clone, WeakModel)."""
+        check_pair(main, weak, node, input_name)
+        m = main.clone()
+        if same_weights(main, weak):
+            return m, cls(weak, True)
+        if weak.model is main.model:
+            weak = twin_patcher(weak)
+        if WEAK_KEY in m.additional_models:
+            raise ValueError(f"{node}: 'model' already carries a GuideKit weak model (two dual-model nodes in a "
+                             "row); put one dual-model node per sampler")
+        m.set_additional_models(WEAK_KEY, [weak])
+        return m, cls(weak, False)
+
+    def pre_run(self, main_patcher) -> None:
+        """Called when sampling starts (both models are loaded by then)."""
+        if not self.shares_main_weights:
+            self.patcher.pre_run()
+        self.options = run_options(self.patcher, main_patcher.load_device)
+
+    def denoise(self, args: dict) -> torch.Tensor:
+        """D_weak(x; σ, c) on the positive conditioning of this step."""
+        run_to = args["model_options"].get("transformer_options", {})
+        options = dict(self.options)
+        options["transformer_options"] = {**self.options.get("transformer_options", {}),
+                                          **{k: run_to[k] for k in RUN_KEYS if k in run_to}}
+        model = args["model"] if self.shares_main_weights else self.patcher.model
+        return comfy.samplers.calc_cond_batch(model, [args["cond"]], args["input"], args["sigma"], options)[0]
+
+
+@dataclass
+class DualModelGuidance:
+    """out = (whatever the sampler computed) + term(σ)·(D_main(c) − D_weak(c)) inside the active range."""
+    node: str
+    weak: WeakModel
+    term_at: Callable[[torch.Tensor], float]
+    active: SigmaRange
+
+    def register(self, m) -> None:
+        # Closures, not bound methods: ModelPatcher.clone deep-copies model_options.
+        m.add_callback_with_key(comfy.patcher_extension.CallbacksMP.ON_PRE_RUN, WEAK_KEY,
+                                lambda patcher: self.weak.pre_run(patcher))
+        m.set_model_sampler_post_cfg_function(lambda args: self.post_cfg(args))
+
+    def post_cfg(self, args: dict) -> torch.Tensor:
+        denoised, sigma = args["denoised"], args["sigma"]
+        if not self.active.active(sigma) or args.get("cond") is None:
+            return denoised
+        term = self.term_at(sigma)
+        if term == 0.0:
+            return denoised
+        return denoised + term * (args["cond_denoised"] - self.weak.denoise(args))

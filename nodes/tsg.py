@@ -1,0 +1,99 @@
+"""TSG node: the negative is the model with a noised time embedding (Sadat et al. 2025); for unconditional models."""
+from __future__ import annotations
+
+import comfy.patcher_extension
+import torch
+from comfy_api.latest import io
+
+from ..guidance.tsg import perturbed_time_embedding
+from .branch import sigma_range
+from .common import range_inputs, sigma_override_inputs
+from .negative_swap import replace_uncond, step_generator
+
+NODE = "GuideKit TSG"
+CATEGORY = "GuideKit/condition"
+MARK = "guidekit_tsg"
+EMBEDDERS = {"UNetModel": "time_embed", "Flux": "time_in", "MMDiT": "t_embedder"}   # the t_emb module
+
+
+def time_embedder(model, node: str = NODE) -> str:
+    """The attribute of the diffusion model whose output is t_emb, or a clear error."""
+    dm = model.get_model_object("diffusion_model")
+    for cls in type(dm).__mro__:
+        name = EMBEDDERS.get(cls.__name__)
+        if name and isinstance(getattr(dm, name, None), torch.nn.Module):
+            return name
+    raise ValueError(f"{node}: input 'model' is a {type(dm).__name__}, whose time embedding GuideKit cannot "
+                     f"reach; TSG supports {', '.join(EMBEDDERS)} (SD1.x/SDXL, Flux, SD3)")
+
+
+class TimeEmbeddingNoise:
+    """An APPLY_MODEL wrapper: adds s·t^α·n to t_emb on the rows the TSG pass owns, nothing else."""
+
+    def __init__(self, embedder: str, scale: float, alpha: float, seed: int):
+        self.embedder, self.scale, self.alpha, self.seed = embedder, scale, alpha, seed
+
+    def __call__(self, executor, x, t, *args, **kwargs):
+        to = kwargs.get("transformer_options") if "transformer_options" in kwargs else (args[3] if len(args) > 3 else {})
+        labels = (to or {}).get("cond_or_uncond") or []
+        if (to or {}).get(MARK) is not self or 1 not in labels:
+            return executor(x, t, *args, **kwargs)
+        per_chunk = x.shape[0] // len(labels)
+        rows = torch.cat([torch.arange(j * per_chunk, (j + 1) * per_chunk) for j, c in enumerate(labels) if c == 1])
+        base = executor.class_obj
+        ms = base.model_sampling
+        t_unit = ms.timestep(t).float() / float(ms.timestep(ms.sigma_max))
+        gen = step_generator(self.seed, t)
+
+        def hook(module, inputs, out):
+            noised = perturbed_time_embedding(out[rows.to(out.device)], t_unit[rows.to(t_unit.device)].to(out.device),
+                                              self.scale, self.alpha, gen)
+            out = out.clone()
+            out[rows.to(out.device)] = noised
+            return out
+
+        handle = getattr(base.diffusion_model, self.embedder).register_forward_hook(hook)
+        try:
+            return executor(x, t, *args, **kwargs)
+        finally:
+            handle.remove()
+
+
+class TimestepGuidanceGK(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="GuideKitTSG", display_name=NODE, category=CATEGORY,
+            description="Time-step Guidance (Sadat et al. 2025): the sampler's unconditional pass runs on the positive "
+                        "with its time embedding noised, t_emb + s·t^α·n; guidance weight = the sampler's cfg. For "
+                        "unconditional models (and conditional ones without a usable negative).",
+            inputs=[
+                io.Model.Input("model"),
+                io.Float.Input("noise_scale", default=1.0, min=0.0, max=100.0, step=0.01,
+                               tooltip="s in t_emb + s·t^α·n (absolute, in the embedding's units)."),
+                io.Float.Input("alpha", default=1.0, min=0.0, max=10.0, step=0.01,
+                               tooltip="α: how the noise fades with time t ∈ [0, 1] (1 = pure noise)."),
+                io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF,
+                             tooltip="Seed of the embedding noise n (drawn anew at every step)."),
+                *range_inputs(),
+                *sigma_override_inputs(),
+            ],
+            outputs=[io.Model.Output(tooltip="A patched copy of the model.")],
+        )
+
+    @classmethod
+    def execute(cls, model, noise_scale, alpha, seed, start_percent, end_percent, sigma_start=-1.0,
+                sigma_end=-1.0) -> io.NodeOutput:
+        embedder = time_embedder(model)
+        active = sigma_range(model, NODE, start_percent, end_percent, sigma_start, sigma_end)
+        noise = TimeEmbeddingNoise(embedder, noise_scale, alpha, seed)
+        m = model.clone()
+        m.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.APPLY_MODEL, MARK, noise)
+
+        def noised_time(args: dict) -> tuple[list, dict]:
+            mo = dict(args["model_options"])
+            mo["transformer_options"] = {**mo.get("transformer_options", {}), MARK: noise}
+            return args["conds"][0], mo
+
+        replace_uncond(m, NODE, active, noised_time)
+        return io.NodeOutput(m)
