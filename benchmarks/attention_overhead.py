@@ -91,7 +91,7 @@ class PeakMemory:
             self._thread.join()
 
 
-def sample(model, spec, size, steps, seed):
+def sample(model, spec, size, steps, seed, cfg=4.0):
     _, _, ctx, pooled, _ = spec
     latent_channels = 16 if spec[0] is thin_models.comfy.supported_models.Flux else 4
     latent = torch.zeros(1, latent_channels, size, size)
@@ -104,17 +104,17 @@ def sample(model, spec, size, steps, seed):
             extra["guidance"] = 3.5
         conds.append([[torch.randn(1, 77, ctx, generator=gen), extra]])
     import comfy.sample
-    return comfy.sample.sample(model, noise, steps, 4.0, "euler", "normal", conds[0], conds[1], latent,
+    return comfy.sample.sample(model, noise, steps, cfg, "euler", "normal", conds[0], conds[1], latent,
                                seed=seed, disable_pbar=True)
 
 
-def measure(model, spec, size, steps, repeats):
-    sample(model, spec, size, 1, seed=0)           # warm-up
+def measure(model, spec, size, steps, repeats, cfg=4.0):
+    sample(model, spec, size, 1, seed=0, cfg=cfg)  # warm-up
     times, peaks = [], []
     for r in range(repeats):
         with PeakMemory(torch.device("cpu")) as mem:
             t0 = time.perf_counter()
-            out = sample(model, spec, size, steps, seed=r)
+            out = sample(model, spec, size, steps, seed=r, cfg=cfg)
             times.append((time.perf_counter() - t0) / steps)
         peaks.append(mem.peak)
         assert torch.isfinite(out).all(), "non-finite output makes the timing meaningless"

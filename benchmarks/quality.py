@@ -30,9 +30,10 @@ from evidence.grids import mnist_grid, toy_grid  # noqa: E402
 from evidence.methods import REGISTRY  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
-FULL = {"seeds": (0, 1, 2), "n": {"toy": 2000, "mnist": 300}, "steps": None}
-SMOKE = {"seeds": (0, 1), "n": {"toy": 64, "mnist": 10}, "steps": {"toy": 4, "mnist": 3}}
-GRIDS = {"toy": toy_grid, "mnist": mnist_grid}
+FULL = {"seeds": (0, 1, 2), "n": {"toy": 2000, "mnist": 300, "mnist-uncond": 300}, "steps": None}
+SMOKE = {"seeds": (0, 1), "n": {"toy": 64, "mnist": 10, "mnist-uncond": 10},
+         "steps": {"toy": 4, "mnist": 3, "mnist-uncond": 3}}
+GRIDS = {"toy": toy_grid, "mnist": mnist_grid, "mnist-uncond": mnist_grid}
 
 
 def summarize(values: list[float]) -> dict:
@@ -57,7 +58,7 @@ def run_setting(name: str, methods: list[str], plan: dict, smoke: bool) -> dict:
         if not scales:
             continue
         for scale in scales[:1] if smoke else scales:
-            model, cfg = method.apply(setting.model, scale)
+            model, cfg = method.apply(setting.model, scale, name)
             per_metric = {k: [] for k in setting.higher_is_better}
             seconds = []
             first = None
@@ -76,7 +77,7 @@ def run_setting(name: str, methods: list[str], plan: dict, smoke: bool) -> dict:
                    "seconds_per_run": statistics.fmean(seconds)}
             rows.append(row)
             grid.append((label, first))
-            print(f"  {name:5s} {label:18s} " + "  ".join(
+            print(f"  {name:5s} {label:24s} " + "  ".join(
                 f"{k} {row['metrics'][k]['mean']:.4g}±{row['metrics'][k]['std']:.2g}" for k in per_metric)
                 + f"  {row['seconds_per_run']:.1f} s", flush=True)
     cfg_rows = [r for r in rows if r["method"] == "cfg"]

@@ -43,7 +43,7 @@ def check_pair(main, weak, node: str, input_name: str = "weak_model") -> None:
     if fa is not fb or a.latent_format.latent_channels != b.latent_format.latent_channels:
         raise ValueError(f"{node}: input '{input_name}' works in the {fb.__name__} latent space but 'model' in "
                          f"{fa.__name__}; both must read the same latents (same VAE family)")
-    sa, sb = a.model_sampling, b.model_sampling
+    sa, sb = main.get_model_object("model_sampling"), weak.get_model_object("model_sampling")
     same_schedule = _kind(sa) == _kind(sb) and all(
         abs(float(getattr(sa, k)) - float(getattr(sb, k))) <= 1e-3 * abs(float(getattr(sa, k))) + 1e-6
         for k in ("sigma_min", "sigma_max"))
@@ -55,8 +55,10 @@ def check_pair(main, weak, node: str, input_name: str = "weak_model") -> None:
 
 
 def _kind(model_sampling) -> tuple[str, ...]:
-    """ComfyUI builds model_sampling classes on the fly: compare what they are made of."""
-    return tuple(c.__name__ for c in type(model_sampling).__mro__[1:])
+    """The schedule classes a model_sampling is built from (ComfyUI makes the class on the fly). The prediction
+    type (eps, v, x0) may differ: both models are compared as denoised images."""
+    return tuple(c.__name__ for c in type(model_sampling).__mro__[1:] if c.__name__.startswith("ModelSampling")) \
+        or (type(model_sampling).__name__,)
 
 
 def same_weights(main, weak) -> bool:

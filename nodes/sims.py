@@ -34,7 +34,17 @@ def add_lora(patcher, rank: int, seed: int) -> dict[str, torch.nn.Parameter]:
                     if p.requires_grad:
                         params[f"{name}.{pname}"] = p
                 patcher.add_weight_wrapper(f"{name}.weight", adapter)
+            elif hasattr(module, "weight_function") and weight is not None:
+                patcher.add_weight_wrapper(f"{name}.weight", fresh_copy)
+            if hasattr(module, "bias_function") and getattr(module, "bias", None) is not None:
+                patcher.add_weight_wrapper(f"{name}.bias", fresh_copy)
     return params
+
+
+def fresh_copy(weight: torch.Tensor) -> torch.Tensor:
+    """Weights loaded inside ComfyUI's inference mode cannot be saved for backward (norm layers save their
+    scale): hand the layers a normal copy. Values are unchanged, so sampling is unaffected."""
+    return weight.clone()
 
 
 def model_conds(base_model, positive: list, latents: torch.Tensor) -> list[dict]:

@@ -23,6 +23,17 @@ def test_attention_overhead_quick_run_prints_every_method():
     assert "flux" in table and "quick run: results not written" in out.stdout
 
 
+def test_dual_model_overhead_quick_run_prints_every_method():
+    out = subprocess.run([sys.executable, str(REPO / "benchmarks" / "dual_model_overhead.py"), "--quick"],
+                         capture_output=True, text=True, timeout=600, env=os.environ.copy())
+    assert out.returncode == 0, out.stderr[-3000:]
+    table = out.stdout.split("× CFG")[1]
+    for method in ("cfg", "AG half-width weak, cfg 1", "AG half-width weak + CFG 4", "AG full-width weak, cfg 1",
+                   "AG degraded self, cfg 1", "ICG gaussian, cfg 4", "TSG, cfg 4"):
+        assert f" {method} " in table, method
+    assert "flux" in table and "quick run: results not written" in out.stdout
+
+
 def run_script(*args, timeout=900):
     return subprocess.run([sys.executable, *map(str, args)], capture_output=True, text=True, timeout=timeout,
                           env=os.environ.copy(), cwd=REPO)
@@ -35,7 +46,7 @@ def test_quality_smoke_scores_every_registered_method(tmp_path):
     assert results["meta"]["smoke"] is True
     sys.path.insert(0, str(REPO / "benchmarks"))
     from evidence.methods import REGISTRY
-    for dataset in ("toy", "mnist"):
+    for dataset in ("toy", "mnist", "mnist-uncond"):
         ds = results["datasets"][dataset]
         expected = {name for name, m in REGISTRY.items() if dataset in m.scales}
         assert {r["method"] for r in ds["runs"]} == expected
@@ -47,6 +58,7 @@ def test_quality_smoke_scores_every_registered_method(tmp_path):
         assert Image.open(tmp_path / f"quality_{dataset}.png").size[0] > 100
     table = (tmp_path / "quality.md").read_text()
     assert "| *real data* |" in table and "| CFG 1.5 |" in table and "| PAG 1 |" in table
+    assert "| AG w=1.5 |" in table and "| SIMS w=1.5 |" in table and "| TSG s=8 w=1.5 |" in table
 
 
 def test_training_scripts_run_end_to_end(tmp_path):
@@ -55,11 +67,14 @@ def test_training_scripts_run_end_to_end(tmp_path):
         out = run_script(REPO / "benchmarks" / "train_mnist.py", model, "--iters", 2, "--quiet",
                          "--out", tmp_path / f"{model}.safetensors")
         assert out.returncode == 0, out.stderr[-3000:]
+    out = run_script(REPO / "benchmarks" / "train_mnist.py", "sims", "--iters", 2, "--synthetic", 8, "--quiet",
+                     "--out", tmp_path / "sims.safetensors")
+    assert out.returncode == 0, out.stderr[-3000:]
     out = run_script(REPO / "benchmarks" / "train_toy.py", "--iters", 3, "--quiet", "--out-dir", tmp_path)
     assert out.returncode == 0, out.stderr[-3000:]
     check = ("import sys, pathlib; sys.path.insert(0, 'benchmarks');"
              "from evidence import comfy_models as c; p = pathlib.Path(sys.argv[1]);"
-             "c.mnist_patcher(p / 'main.safetensors'); c.toy_patcher(p / 'toy-main.safetensors');"
+             "c.mnist_patcher(p / 'main.safetensors'); c.mnist_patcher(p / 'sims.safetensors'); c.toy_patcher(p / 'toy-main.safetensors');"
              "c.toy_patcher(p / 'toy-weak.safetensors'); print('loaded')")
     out = subprocess.run([sys.executable, "-c", check, str(tmp_path)], capture_output=True, text=True,
                          env=os.environ.copy(), cwd=REPO, timeout=300)

@@ -186,6 +186,8 @@ def test_guidance_nodes_are_registered_and_change_the_image(server, tmp_path):
     ("pag_sd15", "8", {"scale": -1.0}, "scale"),
     ("seg_sd15", "8", {"layers": "output.99"}, "input 'layers': 'output.99' names no layer"),
     ("sag_sd15", "8", {"start_percent": 0.9, "end_percent": 0.1}, "input 'start_percent'"),
+    ("mnist_icg", "9", {"mode": "pool"}, "input 'pool' is not connected"),
+    ("mnist_autoguidance", "9", {"start_percent": 0.9, "end_percent": 0.1}, "input 'start_percent'"),
 ])
 def test_bad_guidance_input_is_a_clear_error_not_a_crash(server, tmp_path, workflow, node_id, inputs, needle):
     from guidekit.run import RunError
@@ -195,3 +197,13 @@ def test_bad_guidance_input_is_a_clear_error_not_a_crash(server, tmp_path, workf
         server.run(prompt, tmp_path)
     assert needle in str(err.value)
     assert server.run(load_demo(), tmp_path / "after").images, "the server must keep serving after the error"
+
+
+def test_a_weak_model_of_another_architecture_is_a_clear_error(server, tmp_path):
+    """GuideKit Autoguidance with the MNIST UNet as main and the SD1.5 checkpoint as weak model."""
+    from guidekit.run import RunError
+    prompt = json.loads((REPO / "workflows" / "api" / "mnist_autoguidance.json").read_text())
+    prompt["10"] = {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "guidekit-thin-sd15.safetensors"}}
+    with pytest.raises(RunError) as err:
+        server.run(prompt, tmp_path)
+    assert "GuideKit Autoguidance: input 'weak_model' is a BaseModel model but 'model' is a MNISTDemoModel" in str(err.value)

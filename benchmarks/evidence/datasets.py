@@ -122,4 +122,26 @@ class ToySetting(Setting):
                 "sliced W2": metrics.sliced_wasserstein(samples, truth)}
 
 
-SETTINGS = {"toy": ToySetting, "mnist": MNISTSetting}
+class MNISTUncondSetting(MNISTSetting):
+    """The unconditional MNIST model (always the null token): FD, precision and recall (no labels to check)."""
+
+    def __init__(self):
+        super().__init__(WEIGHTS / "mnist-uncond.safetensors")
+        self.name = "mnist-uncond"
+        self.higher_is_better = {"FD": False, "precision": True, "recall": True}
+
+    @staticmethod
+    def labels(n: int) -> list[int]:
+        return [demo_mnist.NULL] * n
+
+    def reference(self, seed, n):
+        gen = torch.Generator().manual_seed(1000 + seed)
+        return self.train[torch.randint(len(self.train), (n,), generator=gen)]
+
+    def score(self, samples, seed):
+        scores = super().score(samples, seed)
+        scores.pop("accuracy")
+        return scores
+
+
+SETTINGS = {"toy": ToySetting, "mnist": MNISTSetting, "mnist-uncond": MNISTUncondSetting}

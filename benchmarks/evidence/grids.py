@@ -9,7 +9,7 @@ from PIL import Image, ImageDraw
 
 from . import fractal
 
-LABEL_W = 130
+LABEL_W = 170
 
 
 def mnist_grid(rows: list[tuple[str, torch.Tensor]], path: Path, per_row: int = 20, zoom: int = 2) -> Path:

@@ -1,0 +1,109 @@
+"""Cost of dual-model and condition guidance: median sampling-step time and peak memory vs plain CFG.
+
+    python3 scripts/host.py run-python benchmarks/dual_model_overhead.py [--quick] [--repeats 3]
+
+On the thin-but-realistic models of attention_overhead.py (SD1.5 UNet at 512², SDXL UNet at 1024², Flux
+at 1024²), side by side: plain CFG 4; GuideKit Autoguidance at cfg 1 (the paper's setting) and with CFG 4
+on top, each with a half-width weak model (the issue's target: ≤ 1.3× CFG) and a full-width one; the
+degraded self; ICG and TSG (which take the unconditional pass's place, so should cost what CFG costs).
+Writes benchmarks/results/dual_model_overhead.json. `--quick`: tiny models, 1 repeat (CI smoke).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "benchmarks"))
+from attention_overhead import BENCH_MODELS, measure, thin_models  # noqa: E402  (ComfyUI in-process, CPU)
+
+from guidekit.nodes.autoguidance import AutoguidanceGK, DegradedModelGK  # noqa: E402
+from guidekit.nodes.icg import IndependentConditionGuidanceGK  # noqa: E402
+from guidekit.nodes.tsg import TimestepGuidanceGK  # noqa: E402
+
+WIDTH_KEYS = ("model_channels", "hidden_size")
+
+
+def half_width(unet_config: dict) -> dict:
+    """The same architecture at half the channel width (heads halved where the width is split into heads)."""
+    out = dict(unet_config)
+    for key in WIDTH_KEYS:
+        if key in out:      # UNet GroupNorm(32, ·) needs multiples of 32
+            out[key] = max(32, out[key] // 2) if key == "model_channels" else out[key] // 2
+    if "hidden_size" in unet_config:
+        out["num_heads"] = max(1, unet_config["num_heads"] // 2)
+    return out
+
+
+def ag(main, weak, w=2.0):
+    return AutoguidanceGK.execute(main, weak, w, 0.0, 1.0).result[0]
+
+
+def methods(main, half, full):
+    """name → (patched model, sampler cfg)."""
+    return {
+        "cfg": (main, 4.0),
+        "AG half-width weak, cfg 1": (ag(main, half), 1.0),
+        "AG half-width weak + CFG 4": (ag(main, half), 4.0),
+        "AG full-width weak, cfg 1": (ag(main, full), 1.0),
+        "AG degraded self, cfg 1": (ag(main, DegradedModelGK.execute(main, "identity attention (PAG)", "default",
+                                                                     -1.0).result[0]), 1.0),
+        "ICG gaussian, cfg 4": (IndependentConditionGuidanceGK.execute(main, "gaussian", 0, 0.0, 1.0).result[0], 4.0),
+        "TSG, cfg 4": (TimestepGuidanceGK.execute(main, 1.0, 1.0, 0, 0.0, 1.0).result[0], 4.0),
+    }
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--steps", type=int, default=4)
+    p.add_argument("--quick", action="store_true", help="smoke run: tiny models and latents, 1 repeat")
+    p.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "dual_model_overhead.json")
+    args = p.parse_args()
+    torch.set_flush_denormal(True)
+    sizes = {"sd15": 64, "sdxl": 128, "flux": 128}
+    models = BENCH_MODELS
+    if args.quick:
+        models = {a: (thin_models.SPECS[a].config_class, {**thin_models.SPECS[a].unet_config}, 64,
+                      thin_models.SPECS[a].pooled_dim, 0) for a in ("sd15", "flux")}
+        sizes, args.repeats, args.steps = {"sd15": 16, "flux": 16}, 1, 1
+    rows = []
+    for arch, spec in models.items():
+        main_model = thin_models.seeded_patcher(spec[0], spec[1], seed=0)
+        full = thin_models.seeded_patcher(spec[0], spec[1], seed=1)
+        half = thin_models.seeded_patcher(spec[0], half_width(spec[1]), seed=2)
+        count = lambda m: sum(t.numel() for t in m.model.diffusion_model.parameters())  # noqa: E731
+        for name, (model, cfg) in methods(main_model, half, full).items():
+            sec, peak = measure(model, spec, sizes[arch], args.steps, args.repeats, cfg=cfg)
+            rows.append({"arch": arch, "params": count(main_model), "weak_params_half": count(half),
+                         "latent": f"{sizes[arch]}x{sizes[arch]}", "method": name, "cfg": cfg,
+                         "step_s": sec, "peak_mb": peak / 2 ** 20})
+            print(f"{arch:5} {name:28} {sec * 1e3:9.1f} ms  {peak / 2 ** 20:8.1f} MB", flush=True)
+    for r in rows:
+        base = next(c for c in rows if c["arch"] == r["arch"] and c["method"] == "cfg")
+        r["ratio_to_cfg"] = r["step_s"] / base["step_s"]
+    print(f"\n{'arch':5} {'params':>7} {'method':28} {'step (ms)':>10} {'× CFG':>7} {'peak MB':>8}")
+    for r in rows:
+        print(f"{r['arch']:5} {r['params'] / 1e6:6.1f}M {r['method']:28} {r['step_s'] * 1e3:10.1f} "
+              f"{r['ratio_to_cfg']:7.2f} {r['peak_mb']:8.1f}")
+    if args.quick:
+        print("quick run: results not written")
+        return
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps({
+        "benchmark": "dual_model_overhead", "device": "cpu", "threads": torch.get_num_threads(),
+        "machine": platform.processor() or platform.machine(), "torch": torch.__version__, "sampler": "euler",
+        "scheduler": "normal", "steps_per_run": args.steps, "repeats": args.repeats,
+        "target": "AG with a half-width weak model ≤ 1.3× plain CFG step time",
+        "peak_memory": "max over repeats of process RSS growth during sampling (sampled every 2 ms)",
+        "rows": rows}, indent=1) + "\n")
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
