@@ -146,21 +146,27 @@ def main() -> None:
             rows.append({"arch": arch, "params": params, "latent": f"{sizes[arch]}x{sizes[arch]}", "method": method,
                          "step_s": sec, "peak_mb": peak / 2 ** 20})
             print(f"{arch:5} {method:24} {sec * 1e3:9.1f} ms  {peak / 2 ** 20:8.1f} MB", flush=True)
+    report(rows, args, "attention_overhead", cfg=4.0)
+
+
+def report(rows: list[dict], args, benchmark: str, **meta) -> None:
+    """Ratios to the same model's plain-CFG row, the table, and (unless --quick) the JSON file."""
     for r in rows:
-        cfg = next(c for c in rows if c["arch"] == r["arch"] and c["method"] == "cfg")
-        r["ratio_to_cfg"] = r["step_s"] / cfg["step_s"]
-    print(f"\n{'arch':5} {'latent':>8} {'method':24} {'step (ms)':>10} {'× CFG':>7} {'peak MB':>8}")
+        base = next(c for c in rows if c["arch"] == r["arch"] and c["method"] == "cfg")
+        r["ratio_to_cfg"] = r["step_s"] / base["step_s"]
+    width = max(len(r["method"]) for r in rows)
+    print(f"\n{'arch':5} {'latent':>8} {'method':{width}} {'step (ms)':>10} {'× CFG':>7} {'peak MB':>8}")
     for r in rows:
-        print(f"{r['arch']:5} {r['latent']:>8} {r['method']:24} {r['step_s'] * 1e3:10.1f} {r['ratio_to_cfg']:7.2f} "
-              f"{r['peak_mb']:8.1f}")
+        print(f"{r['arch']:5} {r['latent']:>8} {r['method']:{width}} {r['step_s'] * 1e3:10.1f} "
+              f"{r['ratio_to_cfg']:7.2f} {r['peak_mb']:8.1f}")
     if args.quick:
         print("quick run: results not written")
         return
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({
-        "benchmark": "attention_overhead", "device": "cpu", "threads": torch.get_num_threads(),
+        "benchmark": benchmark, "device": "cpu", "threads": torch.get_num_threads(),
         "machine": platform.processor() or platform.machine(), "torch": torch.__version__, "sampler": "euler",
-        "scheduler": "normal", "cfg": 4.0, "steps_per_run": args.steps, "repeats": args.repeats,
+        "scheduler": "normal", **meta, "steps_per_run": args.steps, "repeats": args.repeats,
         "peak_memory": "max over repeats of process RSS growth during sampling (sampled every 2 ms)",
         "rows": rows}, indent=1) + "\n")
     print(f"wrote {args.out}")

@@ -11,8 +11,6 @@ Writes benchmarks/results/dual_model_overhead.json. `--quick`: tiny models, 1 re
 from __future__ import annotations
 
 import argparse
-import json
-import platform
 import sys
 from pathlib import Path
 
@@ -20,7 +18,7 @@ import torch
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "benchmarks"))
-from attention_overhead import BENCH_MODELS, measure, thin_models  # noqa: E402  (ComfyUI in-process, CPU)
+from attention_overhead import BENCH_MODELS, measure, report, thin_models  # noqa: E402  (ComfyUI in-process, CPU)
 
 from guidekit.nodes.autoguidance import AutoguidanceGK, DegradedModelGK  # noqa: E402
 from guidekit.nodes.icg import IndependentConditionGuidanceGK  # noqa: E402
@@ -84,25 +82,7 @@ def main() -> None:
                          "latent": f"{sizes[arch]}x{sizes[arch]}", "method": name, "cfg": cfg,
                          "step_s": sec, "peak_mb": peak / 2 ** 20})
             print(f"{arch:5} {name:28} {sec * 1e3:9.1f} ms  {peak / 2 ** 20:8.1f} MB", flush=True)
-    for r in rows:
-        base = next(c for c in rows if c["arch"] == r["arch"] and c["method"] == "cfg")
-        r["ratio_to_cfg"] = r["step_s"] / base["step_s"]
-    print(f"\n{'arch':5} {'params':>7} {'method':28} {'step (ms)':>10} {'× CFG':>7} {'peak MB':>8}")
-    for r in rows:
-        print(f"{r['arch']:5} {r['params'] / 1e6:6.1f}M {r['method']:28} {r['step_s'] * 1e3:10.1f} "
-              f"{r['ratio_to_cfg']:7.2f} {r['peak_mb']:8.1f}")
-    if args.quick:
-        print("quick run: results not written")
-        return
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({
-        "benchmark": "dual_model_overhead", "device": "cpu", "threads": torch.get_num_threads(),
-        "machine": platform.processor() or platform.machine(), "torch": torch.__version__, "sampler": "euler",
-        "scheduler": "normal", "steps_per_run": args.steps, "repeats": args.repeats,
-        "target": "AG with a half-width weak model ≤ 1.3× plain CFG step time",
-        "peak_memory": "max over repeats of process RSS growth during sampling (sampled every 2 ms)",
-        "rows": rows}, indent=1) + "\n")
-    print(f"wrote {args.out}")
+    report(rows, args, "dual_model_overhead", target="AG with a half-width weak model ≤ 1.3× plain CFG step time")
 
 
 if __name__ == "__main__":
