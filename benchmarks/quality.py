@@ -33,6 +33,7 @@ REPO = Path(__file__).resolve().parent.parent
 FULL = {"seeds": (0, 1, 2), "n": {"toy": 2000, "mnist": 300, "mnist-uncond": 300}, "steps": None}
 SMOKE = {"seeds": (0, 1), "n": {"toy": 64, "mnist": 10, "mnist-uncond": 10},
          "steps": {"toy": 4, "mnist": 3, "mnist-uncond": 3}}
+BASE_LABEL = {"cfg": "CFG", "unguided": "unguided"}
 GRIDS = {"toy": toy_grid, "mnist": mnist_grid, "mnist-uncond": mnist_grid}
 
 
@@ -80,30 +81,30 @@ def run_setting(name: str, methods: list[str], plan: dict, smoke: bool) -> dict:
             print(f"  {name:5s} {label:24s} " + "  ".join(
                 f"{k} {row['metrics'][k]['mean']:.4g}±{row['metrics'][k]['std']:.2g}" for k in per_metric)
                 + f"  {row['seconds_per_run']:.1f} s", flush=True)
-    cfg_rows = [r for r in rows if r["method"] == "cfg"]
-    base = cfg_rows[0]["seconds_per_run"] if cfg_rows else None
+    time_base = "cfg" if any(r["method"] == "cfg" for r in rows) else "unguided"   # unconditional models: no CFG
+    base = next((r["seconds_per_run"] for r in rows if r["method"] == time_base), None)
     for r in rows:
-        r["step_time_ratio_to_cfg"] = r["seconds_per_run"] / base if base else None
+        r["time_ratio"] = r["seconds_per_run"] / base if base else None
     return {"sampler": setting.sampler, "scheduler": setting.scheduler, "steps": steps, "samples_per_seed": n,
-            "seeds": list(plan["seeds"]), "higher_is_better": setting.higher_is_better,
+            "seeds": list(plan["seeds"]), "higher_is_better": setting.higher_is_better, "time_base": time_base,
             "reference": {k: summarize(v) for k, v in ref.items()}, "runs": rows}, grid
 
 
 def markdown(results: dict) -> str:
     lines = ["# GuideKit quality benchmark", "",
              f"{results['meta']['date']}, {results['meta']['machine']}, {results['meta']['runtime_s']:.0f} s. "
-             "Mean ± std over seeds; ↑ higher is better, ↓ lower. Time: seconds per sampling run relative to CFG.", ""]
+             "Mean ± std over seeds; ↑ higher is better, ↓ lower. Time: seconds per sampling run relative to CFG (to unguided sampling for unconditional models).", ""]
     for name, ds in results["datasets"].items():
         keys = list(ds["higher_is_better"])
         arrows = [f"{k} {'↑' if ds['higher_is_better'][k] else '↓'}" for k in keys]
         lines += [f"## {name} ({ds['samples_per_seed']} samples × {len(ds['seeds'])} seeds, "
                   f"{ds['sampler']} {ds['steps']} steps, {ds['scheduler']})", "",
-                  "| method | " + " | ".join(arrows) + " | time vs CFG |",
+                  "| method | " + " | ".join(arrows) + f" | time vs {BASE_LABEL[ds['time_base']]} |",
                   "|---|" + "---|" * (len(keys) + 1)]
         ref = ds["reference"]
         lines.append("| *real data* | " + " | ".join(f"{ref[k]['mean']:.4g} ± {ref[k]['std']:.2g}" for k in keys) + " | |")
         for r in ds["runs"]:
-            ratio = r["step_time_ratio_to_cfg"]
+            ratio = r["time_ratio"]
             cells = [f"{r['metrics'][k]['mean']:.4g} ± {r['metrics'][k]['std']:.2g}" for k in keys]
             cells.append(f"{ratio:.2f}" if ratio is not None else "–")
             lines.append(f"| {r['label']} | " + " | ".join(cells) + " |")

@@ -54,7 +54,8 @@ def test_quality_smoke_scores_every_registered_method(tmp_path):
         for run in ds["runs"]:
             for metric, summary in run["metrics"].items():
                 assert len(summary["values"]) == 2 and summary["mean"] == summary["mean"], (dataset, run["label"], metric)
-            assert run["step_time_ratio_to_cfg"] > 0
+            assert run["time_ratio"] > 0
+        assert ds["time_base"] == ("unguided" if dataset == "mnist-uncond" else "cfg")
         assert Image.open(tmp_path / f"quality_{dataset}.png").size[0] > 100
     table = (tmp_path / "quality.md").read_text()
     assert "| *real data* |" in table and "| CFG 1.5 |" in table and "| PAG 1 |" in table

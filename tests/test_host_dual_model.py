@@ -190,12 +190,14 @@ def test_a_weak_model_of_another_architecture_is_refused(thin, nodes, other):
 
 
 def test_a_weak_model_with_another_schedule_is_refused(thin, nodes):
-    from comfy_extras.nodes_model_advanced import ModelSamplingDiscrete
+    import copy
     main = thin.build("sd15")
-    shifted = ModelSamplingDiscrete.execute(main, "v_prediction", True).result[0] \
-        if hasattr(ModelSamplingDiscrete, "execute") else ModelSamplingDiscrete().patch(main, "v_prediction", True)[0]
+    schedule = copy.deepcopy(main.get_model_object("model_sampling"))
+    schedule.set_sigmas(schedule.sigmas * 2.0)            # as a ModelSampling node would patch it
+    weak = thin.build("sd15", seed=1)
+    weak.add_object_patch("model_sampling", schedule)
     with pytest.raises(ValueError, match="noise schedule"):
-        ag(nodes, main, shifted)
+        ag(nodes, main, weak)
 
 
 def test_sims_lora_trains_and_guides_on_the_same_loaded_model(thin, nodes):
