@@ -18,8 +18,9 @@ def comfyui_path() -> Path:
 def import_comfy():
     """Put ComfyUI on sys.path, switch it to the CPU, import it, and return the `comfy` package."""
     root = str(comfyui_path())
-    if root not in sys.path:
-        sys.path.insert(0, root)
+    if root in sys.path:
+        sys.path.remove(root)
+    sys.path.insert(0, root)
     import comfy.options
     comfy.options.enable_args_parsing(False)
     import comfy.cli_args
@@ -27,6 +28,11 @@ def import_comfy():
     import comfy.model_management  # noqa: F401  (reads args.cpu at import)
     import comfy.sample  # noqa: F401
     import comfy.sd  # noqa: F401
+    # ComfyUI's top-level `nodes` module, now, while ComfyUI is first on sys.path: the repo's own `nodes/`
+    # package has the same name and shadows it for an import made later from the repo root.
+    import nodes
+    if Path(nodes.__file__).resolve().parent != Path(root).resolve():
+        raise RuntimeError(f"`import nodes` found {nodes.__file__}, not ComfyUI's nodes.py in {root}")
     import torch
     torch.set_flush_denormal(True)
     return comfy

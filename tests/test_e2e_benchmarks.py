@@ -50,7 +50,7 @@ def test_quality_smoke_scores_every_registered_method(tmp_path):
         ds = results["datasets"][dataset]
         expected = {name for name, m in REGISTRY.items() if dataset in m.scales}
         assert {r["method"] for r in ds["runs"]} == expected
-        assert {"unguided", "cfg"} <= expected
+        assert ({"unguided"} if dataset == "mnist-uncond" else {"unguided", "cfg"}) <= expected
         for run in ds["runs"]:
             for metric, summary in run["metrics"].items():
                 assert len(summary["values"]) == 2 and summary["mean"] == summary["mean"], (dataset, run["label"], metric)
