@@ -121,20 +121,25 @@ def measure(model, spec, size, steps, repeats, cfg=4.0):
     return statistics.median(times), max(peaks)
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def setup(doc: str, name: str, steps: int, steps_help: str, quick_steps: int | None = None):
+    """Arguments, models and latent sizes of an overhead benchmark; `--quick` = tiny SD1.5 and Flux, 1 repeat."""
+    p = argparse.ArgumentParser(description=doc.split("\n\n")[0])
     p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--steps", type=int, default=5, help="steps per timed run (the 20-80 %% range needs ≥ 5)")
+    p.add_argument("--steps", type=int, default=steps, help=steps_help)
     p.add_argument("--quick", action="store_true", help="smoke run: tiny models and latents, 1 repeat")
-    p.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "attention_overhead.json")
+    p.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / f"{name}.json")
     args = p.parse_args()
     torch.set_flush_denormal(True)
-    sizes = {"sd15": 64, "sdxl": 128, "flux": 128}
-    models = BENCH_MODELS
-    if args.quick:
-        models = {a: (thin_models.SPECS[a].config_class, thin_models.SPECS[a].unet_config, 64,
-                      thin_models.SPECS[a].pooled_dim, 0) for a in ("sd15", "flux")}
-        sizes, args.repeats = {"sd15": 16, "flux": 16}, 1
+    if not args.quick:
+        return args, BENCH_MODELS, {"sd15": 64, "sdxl": 128, "flux": 128}
+    args.repeats, args.steps = 1, quick_steps or args.steps
+    models = {a: (thin_models.SPECS[a].config_class, dict(thin_models.SPECS[a].unet_config), 64,
+                  thin_models.SPECS[a].pooled_dim, 0) for a in ("sd15", "flux")}
+    return args, models, {"sd15": 16, "flux": 16}
+
+
+def main() -> None:
+    args, models, sizes = setup(__doc__, "attention_overhead", 5, "steps per timed run (the 20-80 %% range needs ≥ 5)")
     rows = []
     for arch, spec in models.items():
         base = thin_models.seeded_patcher(spec[0], spec[1], seed=0)

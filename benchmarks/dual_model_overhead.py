@@ -10,7 +10,6 @@ Writes benchmarks/results/dual_model_overhead.json. `--quick`: tiny models, 1 re
 """
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -18,7 +17,7 @@ import torch
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "benchmarks"))
-from attention_overhead import BENCH_MODELS, measure, report, thin_models  # noqa: E402  (ComfyUI in-process, CPU)
+from attention_overhead import measure, report, setup, thin_models  # noqa: E402  (ComfyUI in-process, CPU)
 
 from guidekit.nodes.autoguidance import AutoguidanceGK, DegradedModelGK  # noqa: E402
 from guidekit.nodes.icg import IndependentConditionGuidanceGK  # noqa: E402
@@ -57,19 +56,7 @@ def methods(main, half, full):
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--steps", type=int, default=4)
-    p.add_argument("--quick", action="store_true", help="smoke run: tiny models and latents, 1 repeat")
-    p.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "dual_model_overhead.json")
-    args = p.parse_args()
-    torch.set_flush_denormal(True)
-    sizes = {"sd15": 64, "sdxl": 128, "flux": 128}
-    models = BENCH_MODELS
-    if args.quick:
-        models = {a: (thin_models.SPECS[a].config_class, {**thin_models.SPECS[a].unet_config}, 64,
-                      thin_models.SPECS[a].pooled_dim, 0) for a in ("sd15", "flux")}
-        sizes, args.repeats, args.steps = {"sd15": 16, "flux": 16}, 1, 1
+    args, models, sizes = setup(__doc__, "dual_model_overhead", 4, "steps per timed run", quick_steps=1)
     rows = []
     for arch, spec in models.items():
         main_model = thin_models.seeded_patcher(spec[0], spec[1], seed=0)

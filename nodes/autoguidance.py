@@ -38,7 +38,7 @@ def patch_autoguidance(node: str, model, weak_model, w: float, start_percent: fl
     active = sigma_range(model, node, start_percent, end_percent, sigma_start, sigma_end)
     m, weak = WeakModel.attach(model, weak_model, node)
     term = autoguidance_term(w)
-    DualModelGuidance(node, weak, lambda sigma: term, active).register(m)
+    DualModelGuidance(weak, lambda sigma: term, active).register(m)
     return m
 
 

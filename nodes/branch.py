@@ -43,10 +43,7 @@ class PerturbedBranch:
     def register(self, m) -> None:
         """Hook the patched clone `m`: the batch function (when it adds rows) and the post-CFG rule."""
         if self.replace_uncond:
-            if m.model_options.get(UNCOND_TAKEN):
-                raise ValueError(f"{self.node}: input 'mode': another GuideKit node before this one already replaces "
-                                 "the unconditional pass; set one of them to 'extra pass'")
-            m.model_options[UNCOND_TAKEN] = self.node
+            claim_uncond(m, self.node, "set one of them to 'extra pass'", input_name="mode")
         if self.replace_uncond or self.evaluation != "separate":
             previous = m.model_options.get("sampler_calc_cond_batch_function")
             m.set_model_sampler_calc_cond_batch_function(lambda args: self.calc_cond_batch(args, previous))
@@ -125,6 +122,16 @@ def patch_with_branch(model, node, perturbation, scale, layers, start_percent, e
                              replace_uncond=(mode == MODES[1]))
     branch.register(m)
     return m
+
+
+def claim_uncond(m, node: str, fix: str, input_name: str | None = None) -> None:
+    """Mark the clone `m` as having its unconditional pass replaced by `node`; only one node may."""
+    owner = m.model_options.get(UNCOND_TAKEN)
+    if owner:
+        where = f"input '{input_name}': " if input_name else ""
+        raise ValueError(f"{node}: {where}another GuideKit node ({owner}) before this one already replaces the "
+                         f"unconditional pass; {fix}")
+    m.model_options[UNCOND_TAKEN] = node
 
 
 def run_calc(args: dict, previous: Callable | None, conds: list, model_options: dict) -> list[torch.Tensor]:

@@ -164,7 +164,6 @@ class WeakModel:
 @dataclass
 class DualModelGuidance:
     """out = (whatever the sampler computed) + term(σ)·(D_main(c) − D_weak(c)) inside the active range."""
-    node: str
     weak: WeakModel
     term_at: Callable[[torch.Tensor], float]
     active: SigmaRange

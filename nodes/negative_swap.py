@@ -11,7 +11,7 @@ from collections.abc import Callable
 import torch
 
 from ..guidance.schedule import SigmaRange
-from .branch import UNCOND_TAKEN, run_calc
+from .branch import claim_uncond, run_calc
 
 Negative = Callable[[dict], tuple[list, dict]]     # step args → (negative cond list, model_options)
 
@@ -23,10 +23,7 @@ def step_generator(seed: int, sigma: torch.Tensor) -> torch.Generator:
 
 def replace_uncond(m, node: str, active: SigmaRange, negative: Negative) -> None:
     """Register on the clone `m`: the uncond pass runs `negative`'s cond and options inside `active`."""
-    if m.model_options.get(UNCOND_TAKEN):
-        raise ValueError(f"{node}: {m.model_options[UNCOND_TAKEN]} before this node already replaces the "
-                         "unconditional pass; use one of them per sampler")
-    m.model_options[UNCOND_TAKEN] = node
+    claim_uncond(m, node, "use one of them per sampler")
     previous = m.model_options.get("sampler_calc_cond_batch_function")
 
     def calc_cond_batch(args: dict) -> list[torch.Tensor]:

@@ -33,11 +33,12 @@ class TimeEmbeddingNoise:
     def __init__(self, embedder: str, scale: float, alpha: float, seed: int):
         self.embedder, self.scale, self.alpha, self.seed = embedder, scale, alpha, seed
 
-    def __call__(self, executor, x, t, *args, **kwargs):
-        to = kwargs.get("transformer_options") if "transformer_options" in kwargs else (args[3] if len(args) > 3 else {})
-        labels = (to or {}).get("cond_or_uncond") or []
-        if (to or {}).get(MARK) is not self or 1 not in labels:
-            return executor(x, t, *args, **kwargs)
+    def __call__(self, executor, x, t, c_concat=None, c_crossattn=None, control=None, transformer_options={},
+                 **kwargs):
+        call = (x, t, c_concat, c_crossattn, control, transformer_options)
+        labels = transformer_options.get("cond_or_uncond") or []
+        if transformer_options.get(MARK) is not self or 1 not in labels:
+            return executor(*call, **kwargs)
         per_chunk = x.shape[0] // len(labels)
         rows = torch.cat([torch.arange(j * per_chunk, (j + 1) * per_chunk) for j, c in enumerate(labels) if c == 1])
         base = executor.class_obj
@@ -46,15 +47,14 @@ class TimeEmbeddingNoise:
         gen = step_generator(self.seed, t)
 
         def hook(module, inputs, out):
-            noised = perturbed_time_embedding(out[rows.to(out.device)], t_unit[rows.to(t_unit.device)].to(out.device),
-                                              self.scale, self.alpha, gen)
+            mine = rows.to(out.device)
             out = out.clone()
-            out[rows.to(out.device)] = noised
+            out[mine] = perturbed_time_embedding(out[mine], t_unit.to(out.device)[mine], self.scale, self.alpha, gen)
             return out
 
         handle = getattr(base.diffusion_model, self.embedder).register_forward_hook(hook)
         try:
-            return executor(x, t, *args, **kwargs)
+            return executor(*call, **kwargs)
         finally:
             handle.remove()
 
