@@ -33,7 +33,8 @@ except ImportError:                                    # run as a plain script
     from ui_workflow import WorkflowFormatError, is_ui_format, ui_to_api
 
 MODEL_FOLDERS = ("checkpoints", "vae", "vae_approx", "loras", "clip", "text_encoders", "diffusion_models",
-                 "unet", "clip_vision", "embeddings", "upscale_models", "controlnet", "guidekit")
+                 "unet", "clip_vision", "embeddings", "upscale_models", "controlnet", "guidekit",
+                 "open_clip", "guidekit_networks")
 
 
 class RunError(Exception):

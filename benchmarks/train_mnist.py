@@ -137,7 +137,11 @@ def train_classifier(name: str, iters: int, out: Path, quiet: bool) -> Path:
     return save_weights(out, net.state_dict(), f"guidekit-mnist-{name}", time.monotonic() - t0, split.sha256,
                         model=name, iterations=iters, batch=BATCH, augmentation=augment, seed=seed,
                         trained_on="all 10000 digits" if all_digits else "training split (8000)",
-                        heldout_accuracy=f"{acc:.4f}")
+                        heldout_accuracy=f"{acc:.4f}", **LOADER_METADATA.get(name, {}))
+
+
+# what GuideKit Guidance Network Loader needs to build the guidance classifier from the file alone
+LOADER_METADATA = {"guidance-classifier": {"arch": "guidekit:digit-cnn", "normalization": "[0,1]", "input_size": 16}}
 
 
 def train_sims(iters: int, out: Path, quiet: bool, synthetic: int) -> Path:

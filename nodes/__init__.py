@@ -6,6 +6,9 @@ from comfy_api.latest import ComfyExtension, io
 from .autoguidance import AutoguidanceGK, AutoguidanceGuiderGK, DegradedModelGK
 from .demo_mnist import MNISTDemoLoader, MNISTDigits
 from .icg import IndependentConditionGuidanceGK
+from .loss_guidance import LossGuidanceGK
+from .loss_networks import register_model_folders
+from .loss_terms import LOSS_NODES
 from .pag import PerturbedAttentionGuidanceGK
 from .sag import SelfAttentionGuidanceGK
 from .seg import SmoothedEnergyGuidanceGK
@@ -15,9 +18,14 @@ from .tsg import TimestepGuidanceGK
 NODES: list[type[io.ComfyNode]] = [PerturbedAttentionGuidanceGK, SmoothedEnergyGuidanceGK, SelfAttentionGuidanceGK,
                                    AutoguidanceGK, AutoguidanceGuiderGK, DegradedModelGK, SIMSLoRAGK,
                                    IndependentConditionGuidanceGK, TimestepGuidanceGK,
+                                   LossGuidanceGK, *LOSS_NODES,
                                    MNISTDemoLoader, MNISTDigits]
 
 
 class GuideKitExtension(ComfyExtension):
+    async def on_load(self) -> None:
+        register_model_folders()
+
     async def get_node_list(self) -> list[type[io.ComfyNode]]:
+        register_model_folders()          # ComfyUI 0.3.75 never calls on_load; registering twice is a no-op
         return list(NODES)

@@ -30,13 +30,14 @@ def thin(comfy):
 
 
 @pytest.fixture(scope="session")
-def models_dir(tmp_path_factory) -> Path:
-    """A models folder holding the thin SD1.5 checkpoint (built once per host cache)."""
+def models_dir(tmp_path_factory, comfy) -> Path:
+    """A models folder holding the thin SD1.5 checkpoint and the loss-guidance assets (built once per host cache)."""
+    import thin_models
     root = Path(os.environ.get("GUIDEKIT_MODELS_DIR") or tmp_path_factory.mktemp("models"))
     ckpt = root / "checkpoints" / DEFAULT_CHECKPOINT
     if not ckpt.exists():
-        import thin_models
         thin_models.write_checkpoint(ckpt)
+    thin_models.write_guidance_files(root)
     return root
 
 

@@ -188,6 +188,9 @@ def test_guidance_nodes_are_registered_and_change_the_image(server, tmp_path):
     ("sag_sd15", "8", {"start_percent": 0.9, "end_percent": 0.1}, "input 'start_percent'"),
     ("mnist_icg", "9", {"mode": "pool"}, "input 'pool' is not connected"),
     ("mnist_autoguidance", "9", {"start_percent": 0.9, "end_percent": 0.1}, "input 'start_percent'"),
+    ("clip_guidance_sd15", "8", {"augmentations": "color,flip"}, "input 'augmentations' names ['flip']"),
+    ("mnist_loss_guidance", "10", {"target_class": "12"}, "input 'target_class' = '12', but"),
+    ("segmentation_guidance_sd15", "12", {"width": 128}, "input 'target_mask' is 128×64 but the image is 64×64"),
 ])
 def test_bad_guidance_input_is_a_clear_error_not_a_crash(server, tmp_path, workflow, node_id, inputs, needle):
     from guidekit.run import RunError

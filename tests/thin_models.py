@@ -180,6 +180,74 @@ def write_checkpoint(path: Path, seed: int = 0) -> Path:
     return path
 
 
+# Guidance networks and decoders for loss guidance (random weights, tiny widths)
+
+TINY_OPEN_CLIP = {"embed_dim": 32,
+                  "vision_cfg": {"image_size": 32, "layers": 2, "width": 64, "patch_size": 8, "head_width": 32},
+                  "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 2}}
+TINY_CLIP_FILE = "guidekit-tiny-open-clip.safetensors"
+SEGMENTATION_FILE = "guidekit-tiny-lraspp.safetensors"
+SEGMENTATION_ARCH = "torchvision:lraspp_mobilenet_v3_large"
+
+
+def _save(path: Path, state: dict, metadata: dict) -> Path:
+    from safetensors.torch import save_file
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    save_file({k: v.detach().contiguous() for k, v in state.items()}, str(tmp), metadata=metadata)
+    tmp.replace(path)
+    return path
+
+
+def write_tiny_open_clip(path: Path, seed: int = 0) -> Path:
+    """A random open_clip CLIP with 2-layer towers; its config travels in the file's metadata."""
+    import json
+    import open_clip
+    torch.manual_seed(seed)
+    model = open_clip.CLIP(**TINY_OPEN_CLIP)
+    return _save(path, model.state_dict(), {"open_clip.arch": "guidekit-tiny", "open_clip.config": json.dumps(TINY_OPEN_CLIP)})
+
+
+def write_segmentation_network(path: Path, classes: int = 3, seed: int = 0) -> Path:
+    """A random torchvision LR-ASPP (MobileNetV3) with `classes` outputs, architecture in the metadata."""
+    import torchvision
+    torch.manual_seed(seed)
+    model = torchvision.models.get_model("lraspp_mobilenet_v3_large", weights=None, weights_backbone=None,
+                                         num_classes=classes)
+    return _save(path, model.state_dict(), {"guidekit.arch": SEGMENTATION_ARCH})
+
+
+def tiny_taesd(latent_channels: int = 4, seed: int = 0) -> torch.nn.Module:
+    """ComfyUI's TAESD (its layers start empty) with seeded weights, scale 1 and shift 0."""
+    import comfy.taesd.taesd as taesd
+    model = init_weights(taesd.TAESD(latent_channels=latent_channels), seed, std=0.05)
+    with torch.no_grad():
+        model.vae_shift.zero_()
+    return model
+
+
+def taesd_vae(latent_channels: int = 4, seed: int = 0):
+    """A ComfyUI VAE object holding a seeded TAESD (the cheap decoder of loss guidance)."""
+    return comfy.sd.VAE(sd=tiny_taesd(latent_channels, seed).state_dict())
+
+
+def write_taesd(folder: Path, seed: int = 0) -> Path:
+    """Seeded TAESD encoder + decoder files, which ComfyUI's VAE Loader offers as 'taesd'."""
+    model = tiny_taesd(4, seed)
+    _save(folder / "taesd_encoder.safetensors", model.taesd_encoder.state_dict(), {})
+    return _save(folder / "taesd_decoder.safetensors", model.taesd_decoder.state_dict(), {})
+
+
+def write_guidance_files(models: Path) -> None:
+    """Every loss-guidance test asset under a models folder (skipped when present)."""
+    if not (models / "open_clip" / TINY_CLIP_FILE).exists():
+        write_tiny_open_clip(models / "open_clip" / TINY_CLIP_FILE)
+    if not (models / "guidekit_networks" / SEGMENTATION_FILE).exists():
+        write_segmentation_network(models / "guidekit_networks" / SEGMENTATION_FILE)
+    if not (models / "vae_approx" / "taesd_decoder.safetensors").exists():
+        write_taesd(models / "vae_approx")
+
+
 if __name__ == "__main__":
     if len(sys.argv) != 3 or sys.argv[1] != "checkpoint":
         sys.exit("usage: thin_models.py checkpoint OUT.safetensors")

@@ -10,6 +10,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from guidekit.guidance.networks import DigitCNN
+
 TOY_CLASSES = ("A", "B")          # index 2 of the one-hot is the null (unconditional) token
 TOY_CONTEXT = len(TOY_CLASSES) + 1
 
@@ -122,18 +124,7 @@ class DigitClassifier(nn.Module):
         return self.head(self.drop(self.body(x)))
 
 
-class SmallDigitClassifier(nn.Module):
-    """A deliberately plain CNN (clean training, no augmentation): the 'off-the-shelf' guidance network."""
-
-    def __init__(self, width: int = 16):
-        super().__init__()
-        self.net = nn.Sequential(
-            nn.Conv2d(1, width, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Conv2d(width, 2 * width, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Flatten(), nn.Linear(2 * width * 16, 10))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x)
+SmallDigitClassifier = DigitCNN    # the guidance network lives in the pack (GuideKit Guidance Network Loader)
 
 
 CLASSIFIERS = {"eval-classifier": DigitClassifier, "guidance-classifier": SmallDigitClassifier}

@@ -1,0 +1,228 @@
+"""GuideKit Loss Guidance: FreeDoM / UG / LGD-MC / MPGD / DPS on any sampler, with Shen et al.'s improvements.
+
+The patch wraps the guider's predict_noise (CFG and every other patch included): at each active step it
+re-runs that prediction with gradients enabled (outside ComfyUI's inference mode), decodes x0 with the VAE
+(or a cheap TAESD decoder), evaluates the loss chain on randomly augmented copies, and hands the sampler
+the denoised image that makes its step the method's guided step (guidance/loss_guidance.py).
+"""
+from __future__ import annotations
+
+import logging
+
+import comfy.model_management
+import comfy.model_sampling
+import comfy.patcher_extension
+import torch
+from comfy_api.latest import io
+
+from ..guidance.augment import POLICIES, augment, mean_over_copies
+from ..guidance.loss_guidance import METHODS, STEP_RULES, LossGuidanceConfig, loss_guided_denoise
+from .branch import sigma_range
+from .loss_networks import autograd_ready
+from .loss_terms import CATEGORY, LossType
+from .negative_swap import step_generator
+
+NODE = "GuideKit Loss Guidance"
+WRAPPER_KEY = "guidekit_loss_guidance"
+
+
+def parse_policy(text: str) -> tuple[str, ...]:
+    names = tuple(p.strip() for p in text.replace(";", ",").split(",") if p.strip())
+    unknown = [p for p in names if p not in POLICIES]
+    if unknown:
+        raise ValueError(f"{NODE}: input 'augmentations' names {unknown}; use a comma list of {', '.join(POLICIES)}")
+    return names
+
+
+def decoder(vae, base_model, node: str):
+    """x0 latent (the model's space) → images (B, 3, H, W) in [0, 1], differentiable (no clamp)."""
+    autograd_ready(vae.first_stage_model)
+
+    def decode(latent: torch.Tensor) -> torch.Tensor:
+        comfy.model_management.load_models_gpu([vae.patcher])
+        z = base_model.process_latent_out(latent).to(vae.device, vae.vae_dtype)
+        out = vae.first_stage_model.decode(z).float()
+        if out.ndim != 4 or out.shape[1] not in (1, 3):
+            raise ValueError(f"{node}: the VAE decodes to {tuple(out.shape)}; loss guidance needs an image VAE")
+        images = (out + 1) / 2
+        return (images.expand(-1, 3, -1, -1) if images.shape[1] == 1 else images).to(latent.device)
+    return decode
+
+
+def loss_of_x0(terms: tuple, decode, copies: int, policy: tuple[str, ...]):
+    """x0 latent → weighted sum of the loss terms per image, averaged over augmented copies."""
+    spatial_policy = tuple(p for p in policy if p == "color")
+
+    def evaluate(images, rows, gen, spatial):
+        if copies > 0 and (policy if not spatial else spatial_policy):
+            images = augment(images, copies, gen, policy if not spatial else spatial_policy)
+            rows = rows.repeat(copies)
+        return images, rows
+
+    def loss_fn(x0: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+        images = decode(x0)
+        base_rows = torch.arange(images.shape[0])
+        total = torch.zeros(images.shape[0], device=images.device)
+        cache: dict = {}
+        for term in terms:
+            if term.spatial not in cache:
+                cache[term.spatial] = evaluate(images, base_rows, gen, term.spatial)
+            inputs, rows = cache[term.spatial]
+            values = term.fn(inputs, rows).float()
+            if values.shape[0] != images.shape[0]:
+                values = mean_over_copies(values, values.shape[0] // images.shape[0])
+            total = total + term.weight * values
+        return total
+    return loss_fn
+
+
+def next_sigma(sigmas: torch.Tensor | None, sigma: float) -> float:
+    """The schedule's next σ below `sigma` (0 after the last step or without a schedule)."""
+    if sigmas is None:
+        return 0.0
+    lower = [float(s) for s in sigmas if float(s) < sigma * (1 - 1e-5)]
+    return max(lower) if lower else 0.0
+
+
+def snapshot(saved: torch.Tensor) -> torch.Tensor:
+    """Keep a copy of activations saved for backward (models that later update them in place, as ComfyUI's
+    Flux blocks do with `img += …`); weights and other constants stay shared."""
+    return saved.clone() if saved.requires_grad else saved
+
+
+class LossGuidance:
+    """The predict_noise wrapper: state for one patched model."""
+
+    def __init__(self, terms, vae, config: LossGuidanceConfig, active, copies: int, policy, recurrence: int,
+                 recurrence_range, gradient_vae=None):
+        self.terms, self.vae, self.gradient_vae = terms, vae, gradient_vae
+        self.config, self.active, self.copies, self.policy = config, active, copies, policy
+        self.recurrence, self.recurrence_range = recurrence, recurrence_range
+        self.reported: set = set()
+        self.last = None                 # the last step's StepResult (loss, change, skipped), for reports
+        self.snapshot_saved = False      # the model updates activations in place (ComfyUI's Flux): copy them
+
+    def report_once(self, key: str, message: str, *args) -> None:
+        if key not in self.reported:
+            self.reported.add(key)
+            logging.warning(message, *args)
+
+    def __call__(self, executor, x, timestep, model_options, seed):
+        sigma = timestep.max()
+        if not self.active.active(timestep):
+            return executor(x, timestep, model_options, seed)
+        base = executor.class_obj.inner_model
+        ms = base.model_sampling
+        flow = isinstance(ms, comfy.model_sampling.CONST)
+        s = float(sigma)
+        if flow and s >= 0.9999:                                  # pure noise: x0 carries no information yet
+            return executor(x, timestep, model_options, seed)
+        s_next = next_sigma(model_options.get("transformer_options", {}).get("sample_sigmas"), s)
+        # EDM coordinates x = x0 + σ·ε (flow models: x_flow = (1 − t)·x_EDM, σ = t/(1 − t))
+        scale = (1 - s) if flow else 1.0
+        sigma_edm = s / (1 - s) if flow else s
+        next_edm = s_next / (1 - s_next) if flow else s_next
+        gen = step_generator(seed or 0, timestep)
+        decode = decoder(self.gradient_vae or self.vae, base, NODE)
+        loss = loss_of_x0(self.terms, decode, self.copies, self.policy)
+        recurrence = self.recurrence if self.recurrence_range.active(timestep) else 1
+        autograd_ready(base.diffusion_model)
+
+        with torch.inference_mode(False), torch.enable_grad():
+            t = timestep.clone()
+
+            def denoise(x_edm: torch.Tensor) -> torch.Tensor:
+                if not self.snapshot_saved:
+                    return executor(x_edm * scale, t, model_options, seed)
+                with torch.autograd.graph.saved_tensors_hooks(snapshot, lambda saved: saved):
+                    return executor(x_edm * scale, t, model_options, seed)
+
+            def run():
+                return loss_guided_denoise(denoise, lambda x0: loss(x0, gen), x.clone() / scale,
+                                           torch.full((x.shape[0],), sigma_edm, dtype=x.dtype, device=x.device),
+                                           torch.tensor(next_edm, dtype=x.dtype, device=x.device),
+                                           self.config, gen, recurrence)
+            try:
+                try:
+                    guided, result = run()
+                except RuntimeError as e:
+                    if "modified by an inplace operation" not in str(e) or self.snapshot_saved:
+                        raise
+                    logging.info("%s: the model updates activations in place; keeping copies for the gradient", NODE)
+                    self.snapshot_saved = True
+                    guided, result = run()
+            except RuntimeError as e:
+                if "Inference tensors" not in str(e):
+                    raise
+                raise ValueError(f"{NODE}: a tensor made under torch.inference_mode reached the gradient ({e}). A "
+                                 "patch on input 'model' or a loss node builds tensors in inference mode; load it "
+                                 "outside inference mode or put GuideKit Loss Guidance before that patch") from e
+        self.last = result
+        if result.skipped.any():
+            self.report_once("nan", "%s: the loss or its gradient was not finite for image(s) %s at σ = %.4g; "
+                             "those steps are unguided (reported once)", NODE, result.skipped.nonzero().flatten().tolist(), s)
+        return guided.detach().to(x.dtype)
+
+
+class LossGuidanceGK(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="GuideKitLossGuidance", display_name=NODE, category=CATEGORY,
+            description="Training-free guidance by a differentiable loss on the predicted image (FreeDoM, Universal "
+                        "Guidance, LGD-MC, MPGD, DPS) with Polyak step size and random augmentation (Shen et al. "
+                        "2024). Works with every sampler; exact for euler / ddim.",
+            inputs=[
+                io.Model.Input("model"),
+                io.Vae.Input("vae", tooltip="Decodes x0 for the loss (use the checkpoint's VAE)."),
+                LossType.Input("loss", tooltip="A chain of GuideKit loss nodes."),
+                io.Combo.Input("method", options=METHODS, default="FreeDoM",
+                               tooltip="FreeDoM: ∇ through the model; UG: forward (+ backward steps); LGD-MC: Monte-"
+                                       "Carlo loss; MPGD: ∇ on x0 only (cheapest, no backprop through the model); "
+                                       "DPS: ∇ of the residual norm."),
+                io.Combo.Input("step_rule", options=STEP_RULES, default="polyak",
+                               tooltip="polyak: scale·‖ε‖/‖∇‖² (Shen et al.); rms: FreeDoM's rule "
+                                       "scale·rms(ε)·σ·c1/rms(∇); fixed: ρ = scale."),
+                io.Float.Input("scale", default=1.0, min=0.0, max=1e6, step=0.001,
+                               tooltip="Guidance strength (ρ, ζ or s of the method, through the step rule)."),
+                io.Int.Input("augment_copies", default=0, min=0, max=64,
+                             tooltip="Random augmentation: average the loss over this many augmented copies "
+                                     "(Shen et al. use 20 for CLIP); 0 = off."),
+                io.String.Input("augmentations", default="color,translation,resize,cutout",
+                                tooltip="Augmentations of the copies. Map losses (segmentation, sketch) get colour only."),
+                io.Int.Input("recurrence", default=1, min=1, max=20,
+                             tooltip="Time-travel: repeat each step this many times, re-noising in between."),
+                io.Float.Input("recurrence_start", default=0.3, min=0.0, max=1.0, step=0.001,
+                               tooltip="Recurrence applies from this fraction of the schedule ..."),
+                io.Float.Input("recurrence_end", default=0.7, min=0.0, max=1.0, step=0.001,
+                               tooltip="... to this one (FreeDoM: 300 ≤ t ≤ 800 of 1000)."),
+                io.Float.Input("start_percent", default=0.0, min=0.0, max=1.0, step=0.001),
+                io.Float.Input("end_percent", default=0.8, min=0.0, max=1.0, step=0.001,
+                               tooltip="Guidance stops after this fraction (FreeDoM/Shen stop at t = 200-100)."),
+                io.Int.Input("mc_samples", default=4, min=1, max=64, tooltip="LGD-MC: Monte-Carlo samples n."),
+                io.Int.Input("backward_steps", default=0, min=0, max=100, tooltip="UG: gradient steps on x0 (m)."),
+                io.Float.Input("backward_lr", default=0.1, min=0.0, max=1e4, step=0.001, tooltip="UG: their step."),
+                io.Vae.Input("gradient_vae", optional=True,
+                             tooltip="A cheaper decoder for the gradient only, e.g. TAESD (VAE Loader 'taesd')."),
+            ],
+            outputs=[io.Model.Output()],
+        )
+
+    @classmethod
+    def execute(cls, model, vae, loss, method, step_rule, scale, augment_copies, augmentations, recurrence,
+                recurrence_start, recurrence_end, start_percent, end_percent, mc_samples, backward_steps,
+                backward_lr, gradient_vae=None) -> io.NodeOutput:
+        if not loss:
+            raise ValueError(f"{NODE}: input 'loss' holds no loss; connect a GuideKit loss node")
+        policy = parse_policy(augmentations)
+        active = sigma_range(model, NODE, start_percent, end_percent)
+        recurrence_range = sigma_range(model, NODE + " (recurrence)", recurrence_start, recurrence_end)
+        m = model.clone()
+        if m.get_wrappers(comfy.patcher_extension.WrappersMP.PREDICT_NOISE, WRAPPER_KEY):
+            raise ValueError(f"{NODE}: input 'model' already has loss guidance; chain the loss nodes into one "
+                             "'loss' instead of stacking two Loss Guidance nodes")
+        config = LossGuidanceConfig(method, step_rule, scale, mc_samples, backward_steps, backward_lr)
+        guidance = LossGuidance(tuple(loss), vae, config, active, augment_copies, policy, recurrence,
+                                recurrence_range, gradient_vae)
+        m.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.PREDICT_NOISE, WRAPPER_KEY, guidance)
+        return io.NodeOutput(m)

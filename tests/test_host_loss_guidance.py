@@ -1,0 +1,225 @@
+"""Tier 2: loss guidance on thin models under ComfyUI's inference mode (real sampler, real VAE, open_clip).
+
+Everything runs inside torch.inference_mode(), as ComfyUI executes prompts: loading, loss nodes, sampling.
+The guided step itself is checked in tests/test_math_loss_guidance.py; here the host path is checked:
+the gradient reaches x_t through the model, each method lowers the loss, batches, stacking, bad input.
+"""
+import logging
+
+import pytest
+import torch
+
+pytestmark = pytest.mark.host
+
+STEPS = 3
+
+
+@pytest.fixture(scope="module")
+def lg(comfy, models_dir):
+    import folder_paths
+    from guidekit.nodes import loss_guidance, loss_networks, loss_terms
+    for folder in (loss_networks.OPEN_CLIP_FOLDER, loss_networks.NETWORK_FOLDER, "vae_approx"):
+        folder_paths.add_model_folder_path(folder, str(models_dir / folder))
+    loss_networks.register_model_folders()
+    return loss_guidance, loss_terms, loss_networks
+
+
+@pytest.fixture(scope="module")
+def taesd(thin):
+    with torch.inference_mode():
+        return thin.taesd_vae()
+
+
+@pytest.fixture(scope="module")
+def clip_loss(lg, thin):
+    with torch.inference_mode():
+        clip = lg[1].OpenClipLoaderGK.execute(thin.TINY_CLIP_FILE, "auto").result[0]
+        return lg[1].ClipTextLossGK.execute(clip, "a red apple", 1.0).result[0], clip
+
+
+def guide(lg, model, vae, loss, method="FreeDoM", rule="polyak", scale=1.0, copies=0, recurrence=1, end=1.0,
+          mc=2, backward_steps=0, gradient_vae=None, augmentations="color,translation,resize,cutout"):
+    return lg[0].LossGuidanceGK.execute(model, vae, loss, method, rule, scale, copies, augmentations, recurrence,
+                                        0.0, 1.0, 0.0, end, mc, backward_steps, 0.1, gradient_vae=gradient_vae).result[0]
+
+
+def patch_of(lg, model):
+    import comfy.patcher_extension
+    return model.get_wrappers(comfy.patcher_extension.WrappersMP.PREDICT_NOISE, lg[0].WRAPPER_KEY)[0]
+
+
+def sample(thin, model, arch="sd15", **kw):
+    with torch.inference_mode():
+        return thin.sample(model, arch, steps=STEPS, cfg=kw.pop("cfg", 2.0), **kw)
+
+
+def final_loss(lg, loss, vae, latent):
+    """The loss chain on the decoded final latents (what guidance tries to lower)."""
+    with torch.inference_mode(False), torch.no_grad():
+        images = vae.first_stage_model.decode(latent.clone()).float().add(1).div(2)
+        return sum(t.weight * t.fn(images, torch.arange(images.shape[0])) for t in loss)
+
+
+def test_gradient_reaches_x_t_through_the_model_under_inference_mode(thin, lg, taesd, clip_loss):
+    model = thin.build("sd15")
+    guided = guide(lg, model, taesd, clip_loss[0], "FreeDoM", "fixed", 50.0)
+    out = sample(thin, guided)
+    last = patch_of(lg, guided).last
+    assert last is not None and torch.isfinite(last.change).all() and last.change.abs().max() > 0
+    assert not last.skipped.any()
+    assert torch.isfinite(out).all()
+    assert (out - sample(thin, model)).abs().max() > 1e-4
+
+
+def test_mpgd_does_not_backpropagate_into_the_diffusion_model(thin, lg, taesd, clip_loss):
+    model = thin.build("sd15")
+    calls = []
+    first = model.model.diffusion_model.input_blocks[0][0]
+    handle = first.register_full_backward_hook(lambda *a: calls.append(1))
+    try:
+        sample(thin, guide(lg, model, taesd, clip_loss[0], "MPGD", "polyak", 1.0))
+        assert calls == []
+        sample(thin, guide(lg, model, taesd, clip_loss[0], "FreeDoM", "polyak", 1.0))
+        assert len(calls) == STEPS                      # FreeDoM: one backward through the model per step
+    finally:
+        handle.remove()
+
+
+@pytest.mark.parametrize("method,rule,scale", [("FreeDoM", "polyak", 2.0), ("DPS", "fixed", 30.0),
+                                               ("MPGD", "polyak", 2.0), ("UG", "polyak", 2.0),
+                                               ("LGD-MC", "polyak", 2.0)])
+def test_each_method_lowers_the_loss(thin, lg, taesd, clip_loss, method, rule, scale):
+    model = thin.build("sd15")
+    loss = clip_loss[0]
+    plain = final_loss(lg, loss, taesd, sample(thin, model, batch=2))
+    guided = final_loss(lg, loss, taesd, sample(thin, guide(lg, model, taesd, loss, method, rule, scale), batch=2))
+    assert torch.all(guided < plain), f"{method}: {guided.tolist()} vs unguided {plain.tolist()}"
+
+
+def test_batch_images_are_guided_independently(thin, lg, taesd, clip_loss):
+    """Per-image losses: image 0 of a batch of 2 is image 0 alone (copies off). A fixed step: Polyak's
+    ‖ε‖/‖∇‖² on this random model's tiny gradients amplifies float noise of the batch size (per-image
+    norms are checked in the math tier)."""
+    guided = guide(lg, thin.build("sd15"), taesd, clip_loss[0], "FreeDoM", "fixed", 100.0)
+    import comfy.sample
+    noise = torch.randn(thin.latent_shape("sd15", 2), generator=torch.Generator().manual_seed(3))
+    outs = []
+    for rows in (2, 1):
+        with torch.inference_mode():
+            cond = thin.conditioning("sd15", 1, seed=1)
+            outs.append(comfy.sample.sample(guided, noise[:rows], STEPS, 1.0, "euler", "normal", cond, cond,
+                                            torch.zeros_like(noise[:rows]), seed=0, disable_pbar=True))
+    assert patch_of(lg, guided).last.change.abs().max() > 1e-3
+    torch.testing.assert_close(outs[0][:1], outs[1], atol=2e-3, rtol=1e-5)   # thin model: |x| ≈ 300
+
+
+def test_per_image_targets_follow_their_image(thin, lg):
+    with torch.inference_mode():
+        net = lg[1].NetworkLoaderGK.execute("mnist-classifier-guidance.safetensors", "auto", "auto", 0).result[0]
+        loss = lg[1].ClassifierLossGK.execute(net, "0,2", 1.0).result[0]
+    images = torch.rand(4, 3, 16, 16)
+    with torch.inference_mode(False), torch.no_grad():
+        values = loss[0].fn(images, torch.tensor([0, 1, 0, 1]))
+        logits = net.module(images.mean(1, keepdim=True))            # grey, [0, 1] (the file's metadata)
+    expected = torch.nn.functional.cross_entropy(logits, torch.tensor([0, 2, 0, 2]), reduction="none")
+    torch.testing.assert_close(values, expected)
+
+
+def test_stacks_with_an_attention_node_either_way(thin, lg, taesd, clip_loss):
+    from attention_nodes import pag
+    model = thin.build("sd15", std=0.05)
+    with_pag = pag(model, scale=2.0)
+    a = sample(thin, guide(lg, with_pag, taesd, clip_loss[0]))
+    b = sample(thin, pag(guide(lg, model, taesd, clip_loss[0]), scale=2.0))
+    assert torch.isfinite(a).all() and torch.isfinite(b).all()
+    assert (a - sample(thin, with_pag)).abs().max() > 1e-4
+    torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)       # the order of patches does not matter
+
+
+def test_tiny_decoder_and_augmentation_and_recurrence_run(thin, lg, taesd, clip_loss, models_dir):
+    import comfy.sd
+    import comfy.utils
+    with torch.inference_mode():
+        full = comfy.sd.load_checkpoint_guess_config(str(models_dir / "checkpoints" / "guidekit-thin-sd15.safetensors"),
+                                                     output_vae=True, output_clip=False)[2]
+    model = thin.build("sd15")
+    outs = {}
+    for name, kw in {"full": {}, "tiny": {"gradient_vae": taesd}, "aug": {"copies": 4},
+                     "recur": {"recurrence": 2}}.items():
+        outs[name] = sample(thin, guide(lg, model, full, clip_loss[0], "FreeDoM", "fixed", 20.0, **kw))
+        assert torch.isfinite(outs[name]).all(), name
+    assert (outs["full"] - outs["tiny"]).abs().max() > 1e-5       # the gradient came through another decoder
+    assert (outs["full"] - outs["aug"]).abs().max() > 1e-5
+    assert (outs["full"] - outs["recur"]).abs().max() > 1e-5
+
+
+def test_flow_model_guidance_is_finite_and_active(thin, lg, clip_loss):
+    with torch.inference_mode():
+        vae16 = thin.taesd_vae(16, seed=1)
+    model = thin.build("flux")
+    guided = guide(lg, model, vae16, clip_loss[0], "FreeDoM", "polyak", 2.0)
+    out = sample(thin, guided, "flux", cfg=1.0)
+    assert torch.isfinite(out).all()
+    assert (out - sample(thin, model, "flux", cfg=1.0)).abs().max() > 1e-5
+    assert patch_of(lg, guided).last.change.abs().max() > 0
+
+
+def test_input_model_is_left_unchanged(thin, lg, taesd, clip_loss):
+    model = thin.build("sd15")
+    before = sample(thin, model)
+    guide(lg, model, taesd, clip_loss[0])
+    import comfy.patcher_extension
+    assert not model.get_wrappers(comfy.patcher_extension.WrappersMP.PREDICT_NOISE, lg[0].WRAPPER_KEY)
+    torch.testing.assert_close(sample(thin, model), before)
+
+
+def test_a_nan_loss_skips_the_step_reports_once_and_sampling_goes_on(thin, lg, taesd, caplog):
+    nan_term = lg[1].LossTerm("nan", 1.0, lambda images, rows: images.mean((1, 2, 3)) * float("nan"))
+    guided = guide(lg, thin.build("sd15"), taesd, (nan_term,), "FreeDoM", "polyak", 1.0)
+    with caplog.at_level(logging.WARNING):
+        out = sample(thin, guided)
+    assert torch.isfinite(out).all()
+    torch.testing.assert_close(out, sample(thin, thin.build("sd15")))
+    assert sum("not finite" in r.message for r in caplog.records) == 1
+
+
+def test_bad_inputs_name_the_node_and_input(thin, lg, taesd, clip_loss):
+    nodes = lg[1]
+    model = thin.build("sd15")
+    with torch.inference_mode():
+        with pytest.raises(ValueError, match="Guidance Network Loader: input 'network_name' = 'missing.safetensors' was not found"):
+            nodes.NetworkLoaderGK.execute("missing.safetensors", "auto", "auto", 0)
+        with pytest.raises(ValueError, match="not a .safetensors file"):
+            nodes.NetworkLoaderGK.execute("net.pt", "auto", "auto", 0)
+        with pytest.raises(ValueError, match="does not fit architecture 'guidekit:digit-cnn'"):
+            nodes.NetworkLoaderGK.execute(thin.SEGMENTATION_FILE, "guidekit:digit-cnn", "auto", 0)
+        with pytest.raises(ValueError, match="OpenCLIP Loader: input 'architecture' = 'nope' is not an open_clip model"):
+            nodes.OpenClipLoaderGK.execute(thin.TINY_CLIP_FILE, "nope")
+        with pytest.raises(ValueError, match="input 'augmentations' names \\['flip'\\]"):
+            guide(lg, model, taesd, clip_loss[0], augmentations="color,flip")
+        with pytest.raises(ValueError, match="already has loss guidance"):
+            guide(lg, guide(lg, model, taesd, clip_loss[0]), taesd, clip_loss[0])
+        with pytest.raises(ValueError, match="input 'text' is empty"):
+            nodes.ClipTextLossGK.execute(clip_loss[1], "  \n", 1.0)
+        with pytest.raises(ValueError, match="input 'target_class'"):
+            nodes.ClassifierLossGK.execute(None, "seven", 1.0)
+
+
+def test_segmentation_mask_of_another_size_is_resized_another_aspect_is_refused(thin, lg, taesd, caplog):
+    with torch.inference_mode():
+        net = lg[1].NetworkLoaderGK.execute(thin.SEGMENTATION_FILE, "auto", "auto", 0).result[0]
+        square = torch.zeros(1, 64, 64)
+        square[:, 16:48, 16:48] = 1
+        loss = lg[1].SegmentationLossGK.execute(net, square, 1, 0, 1.0).result[0]
+        wide = lg[1].SegmentationLossGK.execute(net, torch.zeros(1, 32, 64), 1, 0, 1.0).result[0]
+    model = thin.build("sd15")
+    with caplog.at_level(logging.WARNING):
+        out = sample(thin, guide(lg, model, taesd, loss, "FreeDoM", "polyak", 1.0))   # image 128², mask 64²
+    assert torch.isfinite(out).all()
+    assert sum("resized to the image" in r.message for r in caplog.records) == 1
+    with pytest.raises(ValueError, match="Segmentation Loss: input 'target_mask' is 64×32 but the image is 128×128"):
+        sample(thin, guide(lg, model, taesd, wide, "FreeDoM", "polyak", 1.0))
+    with pytest.raises(ValueError, match="exceed"):
+        with torch.inference_mode():
+            bad = lg[1].SegmentationLossGK.execute(net, square, 7, 0, 1.0).result[0]
+        sample(thin, guide(lg, model, taesd, bad, "FreeDoM", "polyak", 1.0))
