@@ -39,10 +39,17 @@ CLASSIFIER = {  # name: iterations, augmentation, use all digits, seed
 }
 SIMS = {"synthetic": 2000, "iterations": 200, "batch": 32, "learning_rate": 1e-3, "rank": 8, "seed": 5}
 BATCH = 128
+# what GuideKit Guidance Network Loader needs to build the guidance classifier from the file alone
+LOADER_METADATA = {"guidance-classifier": {"arch": "guidekit:digit-cnn", "normalization": "[0,1]", "input_size": 16}}
 
 
 def default_out(name: str) -> Path:
-    return WEIGHTS / (f"mnist-{name}.safetensors" if name in DIFFUSION else f"mnist-classifier-{name.split('-')[0]}.safetensors")
+    """Diffusion models and the evaluation classifier in weights/; the guidance classifier in weights/networks/
+    (the folder GuideKit Guidance Network Loader lists)."""
+    if name in DIFFUSION:
+        return WEIGHTS / f"mnist-{name}.safetensors"
+    folder = WEIGHTS / "networks" if name in LOADER_METADATA else WEIGHTS
+    return folder / f"mnist-classifier-{name.split('-')[0]}.safetensors"
 
 
 def init_unet(module: torch.nn.Module, seed: int) -> None:
@@ -138,10 +145,6 @@ def train_classifier(name: str, iters: int, out: Path, quiet: bool) -> Path:
                         model=name, iterations=iters, batch=BATCH, augmentation=augment, seed=seed,
                         trained_on="all 10000 digits" if all_digits else "training split (8000)",
                         heldout_accuracy=f"{acc:.4f}", **LOADER_METADATA.get(name, {}))
-
-
-# what GuideKit Guidance Network Loader needs to build the guidance classifier from the file alone
-LOADER_METADATA = {"guidance-classifier": {"arch": "guidekit:digit-cnn", "normalization": "[0,1]", "input_size": 16}}
 
 
 def train_sims(iters: int, out: Path, quiet: bool, synthetic: int) -> Path:

@@ -35,11 +35,14 @@ def parse_policy(text: str) -> tuple[str, ...]:
 
 
 def decoder(vae, base_model, node: str):
-    """x0 latent (the model's space) → images (B, 3, H, W) in [0, 1], differentiable (no clamp)."""
+    """x0 latent (the model's space) → images (B, 3, H, W) in [0, 1], differentiable (no clamp).
+
+    The VAE is loaded here, before the gradient pass, so loading it cannot offload the diffusion model
+    while its graph is alive."""
+    comfy.model_management.load_models_gpu([vae.patcher])
     autograd_ready(vae.first_stage_model)
 
     def decode(latent: torch.Tensor) -> torch.Tensor:
-        comfy.model_management.load_models_gpu([vae.patcher])
         z = base_model.process_latent_out(latent).to(vae.device, vae.vae_dtype)
         out = vae.first_stage_model.decode(z).float()
         if out.ndim != 4 or out.shape[1] not in (1, 3):
@@ -126,7 +129,8 @@ class LossGuidance:
         decode = decoder(self.gradient_vae or self.vae, base, NODE)
         loss = loss_of_x0(self.terms, decode, self.copies, self.policy)
         recurrence = self.recurrence if self.recurrence_range.active(timestep) else 1
-        autograd_ready(base.diffusion_model)
+        if self.config.method != "MPGD":                          # MPGD never differentiates through the model
+            autograd_ready(base.diffusion_model)
 
         with torch.inference_mode(False), torch.enable_grad():
             t = timestep.clone()
@@ -192,7 +196,7 @@ class LossGuidanceGK(io.ComfyNode):
                                 tooltip="Augmentations of the copies. Map losses (segmentation, sketch) get colour only."),
                 io.Int.Input("recurrence", default=1, min=1, max=20,
                              tooltip="Time-travel: repeat each step this many times, re-noising in between."),
-                io.Float.Input("recurrence_start", default=0.3, min=0.0, max=1.0, step=0.001,
+                io.Float.Input("recurrence_start", default=0.2, min=0.0, max=1.0, step=0.001,
                                tooltip="Recurrence applies from this fraction of the schedule ..."),
                 io.Float.Input("recurrence_end", default=0.7, min=0.0, max=1.0, step=0.001,
                                tooltip="... to this one (FreeDoM: 300 ≤ t ≤ 800 of 1000)."),
@@ -216,7 +220,10 @@ class LossGuidanceGK(io.ComfyNode):
             raise ValueError(f"{NODE}: input 'loss' holds no loss; connect a GuideKit loss node")
         policy = parse_policy(augmentations)
         active = sigma_range(model, NODE, start_percent, end_percent)
-        recurrence_range = sigma_range(model, NODE + " (recurrence)", recurrence_start, recurrence_end)
+        if recurrence_start > recurrence_end:
+            raise ValueError(f"{NODE}: input 'recurrence_start' ({recurrence_start}) is after 'recurrence_end' "
+                             f"({recurrence_end}); swap them (0 = first step, 1 = last)")
+        recurrence_range = sigma_range(model, NODE, recurrence_start, recurrence_end)
         m = model.clone()
         if m.get_wrappers(comfy.patcher_extension.WrappersMP.PREDICT_NOISE, WRAPPER_KEY):
             raise ValueError(f"{NODE}: input 'model' already has loss guidance; chain the loss nodes into one "
@@ -225,4 +232,6 @@ class LossGuidanceGK(io.ComfyNode):
         guidance = LossGuidance(tuple(loss), vae, config, active, augment_copies, policy, recurrence,
                                 recurrence_range, gradient_vae)
         m.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.PREDICT_NOISE, WRAPPER_KEY, guidance)
+        m.add_callback_with_key(comfy.patcher_extension.CallbacksMP.ON_PRE_RUN, WRAPPER_KEY,
+                                lambda patcher: guidance.reported.clear())     # warnings: once per run
         return io.NodeOutput(m)

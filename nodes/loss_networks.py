@@ -3,7 +3,8 @@
 Everything loads outside inference mode, so the weights are ordinary tensors autograd can save: loss
 guidance backpropagates through these networks while ComfyUI runs the prompt under torch.inference_mode.
 Model folders: models/open_clip (open_clip checkpoints) and models/guidekit_networks (classifiers,
-segmentation and sketch networks; the pack's demo MNIST classifier is listed there too).
+segmentation and sketch networks; the pack's demo MNIST classifier, benchmarks/weights/networks, is listed
+there too).
 """
 from __future__ import annotations
 
@@ -28,8 +29,8 @@ NORMALIZATIONS = {"imagenet": (losses.IMAGENET_MEAN, losses.IMAGENET_STD), "clip
 
 
 def register_model_folders() -> None:
-    """models/open_clip and models/guidekit_networks (+ the pack's demo weights), safetensors only."""
-    for name, extra in ((OPEN_CLIP_FOLDER, None), (NETWORK_FOLDER, WEIGHTS_DIR)):
+    """models/open_clip and models/guidekit_networks (+ the pack's demo network), safetensors only."""
+    for name, extra in ((OPEN_CLIP_FOLDER, None), (NETWORK_FOLDER, WEIGHTS_DIR / "networks")):
         folder_paths.add_model_folder_path(name, os.path.join(folder_paths.models_dir, name))
         if extra is not None and extra.is_dir():
             folder_paths.add_model_folder_path(name, str(extra))
@@ -134,8 +135,10 @@ def load_open_clip(name: str, architecture: str, node: str = "GuideKit OpenCLIP 
     with torch.inference_mode(False):
         try:
             if config is not None:
-                cls = open_clip.CustomTextCLIP if "hf_model_name" in config.get("text_cfg", {}) else open_clip.CLIP
-                model = cls(**config)
+                if "hf_model_name" in config.get("text_cfg", {}) or "timm_model_name" in config.get("vision_cfg", {}):
+                    raise ValueError(f"{node}: {name!r} needs a Hugging Face / timm tower ({arch}), which a model "
+                                     "folder cannot provide offline; use an open_clip CLIP architecture (ViT-*, RN*)")
+                model = open_clip.CLIP(**config)
             else:
                 model = open_clip.create_model(arch, pretrained=None, device="cpu")
         except RuntimeError as e:
@@ -179,12 +182,13 @@ class GuidanceNetwork:
         return out
 
 
-def _build(arch: str, num_classes: int | None):
+def _build(arch: str, num_classes: int | None, aux_loss: bool = False):
     kind, _, name = arch.partition(":")
     kwargs = {} if num_classes is None else {"num_classes": num_classes}
     if kind == "torchvision":
         import torchvision
-        extra = {"weights_backbone": None} if name in torchvision.models.list_models(torchvision.models.segmentation) else {}
+        segmentation = name in torchvision.models.list_models(torchvision.models.segmentation)
+        extra = {"weights_backbone": None, **({"aux_loss": True} if aux_loss else {})} if segmentation else {}
         return torchvision.models.get_model(name, weights=None, **extra, **kwargs)
     if kind == "timm":
         import timm
@@ -223,10 +227,11 @@ def load_network(name: str, architecture: str, normalization: str, input_size: i
     with torch.inference_mode(False):
         state = _load_state(path, node)
         try:
-            module = _build(arch, None)
+            aux = any(k.startswith("aux_classifier.") for k in state)     # torchvision DeepLabV3 / FCN files
+            module = _build(arch, None, aux)
             classes = _head_size(module, state)
             if classes is not None:
-                module = _build(arch, classes)
+                module = _build(arch, classes, aux)
         except (ValueError, RuntimeError, KeyError) as e:
             raise ValueError(f"{node}: input 'architecture' = {arch!r} cannot be built ({e}); use "
                              "torchvision:<name>, timm:<name> or guidekit:digit-cnn") from e

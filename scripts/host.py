@@ -195,7 +195,8 @@ def setup(with_tests: bool) -> None:
 
 
 def ensure_default_model() -> Path:
-    """The embedded default model: a seeded thin SD1.5-architecture checkpoint, built once."""
+    """The embedded default model (a seeded thin SD1.5-architecture checkpoint) and the loss-guidance example
+    files (tiny open_clip, LR-ASPP, TAESD), built once."""
     path = CACHE / "models" / "checkpoints" / DEFAULT_CHECKPOINT
     if not path.exists():
         log(f"building the default thin checkpoint {path.name} ...")
@@ -203,6 +204,10 @@ def ensure_default_model() -> Path:
         sh([str(host_python()), str(REPO / "tests" / "thin_models.py"), "checkpoint", str(path)],
            "build default checkpoint", env=host_env())
         log(f"default checkpoint built in {time.monotonic() - t0:.1f} s")
+    if not (CACHE / "models" / "vae_approx" / "taesd_decoder.safetensors").exists():
+        log("building the loss-guidance example files (tiny open_clip, LR-ASPP, TAESD) ...")
+        sh([str(host_python()), str(REPO / "tests" / "thin_models.py"), "guidance-files", str(CACHE / "models")],
+           "build loss-guidance example files", env=host_env())
     return path
 
 

@@ -34,6 +34,17 @@ def test_dual_model_overhead_quick_run_prints_every_method():
     assert "flux" in table and "quick run: results not written" in out.stdout
 
 
+def test_loss_guidance_overhead_quick_run_prints_every_method():
+    out = subprocess.run([sys.executable, str(REPO / "benchmarks" / "loss_guidance_overhead.py"), "--quick"],
+                         capture_output=True, text=True, timeout=900, env=os.environ.copy())
+    assert out.returncode == 0, out.stderr[-2000:]
+    table = out.stdout.split("step (ms)")[-1]
+    for method in ("cfg", "FreeDoM + Polyak, TAESD", "MPGD + Polyak, full VAE", "LGD-MC n 4, TAESD",
+                   "FreeDoM + Polyak + 4 augmented copies, TAESD", "recurrence 2"):
+        assert method in table, method
+    assert "quick run: results not written" in out.stdout
+
+
 def run_script(*args, timeout=900):
     return subprocess.run([sys.executable, *map(str, args)], capture_output=True, text=True, timeout=timeout,
                           env=os.environ.copy(), cwd=REPO)

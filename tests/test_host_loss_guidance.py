@@ -71,6 +71,35 @@ def test_gradient_reaches_x_t_through_the_model_under_inference_mode(thin, lg, t
     assert (out - sample(thin, model)).abs().max() > 1e-4
 
 
+def test_one_guided_step_equals_the_hand_computed_freedom_step(lg):
+    """Pixel-space MNIST model, cfg 1, one euler step σ0 → 0: the sample is D − ρ·∇_x ℓ/√ᾱ (ᾱ' = 1)."""
+    import comfy.sample
+    import comfy.samplers
+    from guidekit.nodes import demo_mnist
+    with torch.inference_mode():
+        model = demo_mnist.load_patcher(demo_mnist.WEIGHTS_DIR / "mnist-uncond.safetensors")
+        vae = demo_mnist.pixel_space_vae()
+        net = lg[1].NetworkLoaderGK.execute("mnist-classifier-guidance.safetensors", "auto", "auto", 0).result[0]
+        loss = lg[1].ClassifierLossGK.execute(net, "3,7", 1.0).result[0]
+        guided = guide(lg, model, vae, loss, "FreeDoM", "fixed", 0.5)
+        cond = [[demo_mnist.digit_context([demo_mnist.NULL]), {}]]
+        noise = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+        out = comfy.sample.sample(guided, noise, 1, 1.0, "euler", "normal", cond, cond, torch.zeros_like(noise),
+                                  seed=0, disable_pbar=True)
+        sigma = float(comfy.samplers.calculate_sigmas(model.get_model_object("model_sampling"), "normal", 1)[0])
+    base = model.model
+    with torch.inference_mode(False), torch.enable_grad():
+        x = (noise.clone() * (1 + sigma ** 2) ** 0.5).requires_grad_(True)   # ComfyUI: max_denoise start
+        context = demo_mnist.digit_context([demo_mnist.NULL]).repeat(2, 1, 1)
+        d = base.apply_model(x, torch.full((2,), sigma), c_crossattn=context)
+        images = ((d + 1) / 2).mean(1, keepdim=True)
+        ce = torch.nn.functional.cross_entropy(net.module(images), torch.tensor([3, 7]), reduction="sum")
+        (grad,) = torch.autograd.grad(ce, x)
+    ab = 1 / (1 + sigma ** 2)
+    expected = d.detach() - 0.5 * grad / ab ** 0.5
+    torch.testing.assert_close(out, expected, atol=1e-4, rtol=1e-4)
+
+
 def test_mpgd_does_not_backpropagate_into_the_diffusion_model(thin, lg, taesd, clip_loss):
     model = thin.build("sd15")
     calls = []
@@ -94,6 +123,22 @@ def test_each_method_lowers_the_loss(thin, lg, taesd, clip_loss, method, rule, s
     plain = final_loss(lg, loss, taesd, sample(thin, model, batch=2))
     guided = final_loss(lg, loss, taesd, sample(thin, guide(lg, model, taesd, loss, method, rule, scale), batch=2))
     assert torch.all(guided < plain), f"{method}: {guided.tolist()} vs unguided {plain.tolist()}"
+
+
+def test_sketch_clip_image_and_chained_losses_are_lowered(thin, lg, taesd, clip_loss):
+    nodes = lg[1]
+    target = torch.zeros(1, 128, 128, 3)
+    target[:, 40:88, 60:68] = 1.0                                    # a vertical bar
+    with torch.inference_mode():
+        sketch = nodes.SketchLossGK.execute(target, False, 1.0).result[0]
+        reference = nodes.ClipImageLossGK.execute(clip_loss[1], torch.rand(1, 128, 128, 3), 1.0).result[0]
+        chained = nodes.ClipTextLossGK.execute(clip_loss[1], "a bar", 0.5, loss=sketch).result[0]
+    assert [t.name for t in chained] == ["sketch", "CLIP text 'a bar'"] and chained[1].weight == 0.5
+    model = thin.build("sd15")
+    for loss, scale in ((sketch, 0.3), (reference, 0.3), (chained, 0.3)):
+        plain = final_loss(lg, loss, taesd, sample(thin, model))
+        guided = final_loss(lg, loss, taesd, sample(thin, guide(lg, model, taesd, loss, "FreeDoM", "polyak", scale)))
+        assert torch.all(guided < plain), f"{[t.name for t in loss]}: {guided.tolist()} vs {plain.tolist()}"
 
 
 def test_batch_images_are_guided_independently(thin, lg, taesd, clip_loss):
@@ -153,15 +198,19 @@ def test_tiny_decoder_and_augmentation_and_recurrence_run(thin, lg, taesd, clip_
     assert (outs["full"] - outs["recur"]).abs().max() > 1e-5
 
 
-def test_flow_model_guidance_is_finite_and_active(thin, lg, clip_loss):
+@pytest.mark.parametrize("arch", ["sdxl", "sd3", "flux"])
+def test_other_architectures_are_guided(thin, lg, clip_loss, arch):
+    """SDXL (ε), SD3 and Flux (rectified flow; Flux's blocks update activations in place)."""
     with torch.inference_mode():
-        vae16 = thin.taesd_vae(16, seed=1)
-    model = thin.build("flux")
-    guided = guide(lg, model, vae16, clip_loss[0], "FreeDoM", "polyak", 2.0)
-    out = sample(thin, guided, "flux", cfg=1.0)
+        vae = thin.taesd_vae(thin.SPECS[arch].latent_channels, seed=1)
+    model = thin.build(arch)
+    guided = guide(lg, model, vae, clip_loss[0], "FreeDoM", "polyak", 2.0)
+    cfg = 1.0 if arch == "flux" else 2.0
+    out = sample(thin, guided, arch, cfg=cfg)
     assert torch.isfinite(out).all()
-    assert (out - sample(thin, model, "flux", cfg=1.0)).abs().max() > 1e-5
-    assert patch_of(lg, guided).last.change.abs().max() > 0
+    assert (out - sample(thin, model, arch, cfg=cfg)).abs().max() > 1e-5
+    last = patch_of(lg, guided).last
+    assert last.change.abs().max() > 0 and not last.skipped.any()
 
 
 def test_input_model_is_left_unchanged(thin, lg, taesd, clip_loss):
@@ -203,6 +252,14 @@ def test_bad_inputs_name_the_node_and_input(thin, lg, taesd, clip_loss):
             nodes.ClipTextLossGK.execute(clip_loss[1], "  \n", 1.0)
         with pytest.raises(ValueError, match="input 'target_class'"):
             nodes.ClassifierLossGK.execute(None, "seven", 1.0)
+
+
+def test_an_inference_tensor_in_the_gradient_is_a_clear_error(thin, lg, taesd):
+    with torch.inference_mode():
+        frozen = torch.ones(1)                           # made under inference mode, as a careless loss might
+    term = lg[1].LossTerm("careless", 1.0, lambda images, rows: (images * frozen).mean((1, 2, 3)))
+    with pytest.raises(ValueError, match="Loss Guidance: a tensor made under torch.inference_mode reached the gradient"):
+        sample(thin, guide(lg, thin.build("sd15"), taesd, (term,)))
 
 
 def test_segmentation_mask_of_another_size_is_resized_another_aspect_is_refused(thin, lg, taesd, caplog):

@@ -249,6 +249,9 @@ def write_guidance_files(models: Path) -> None:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) != 3 or sys.argv[1] != "checkpoint":
-        sys.exit("usage: thin_models.py checkpoint OUT.safetensors")
-    print(write_checkpoint(Path(sys.argv[2])))
+    if len(sys.argv) != 3 or sys.argv[1] not in ("checkpoint", "guidance-files"):
+        sys.exit("usage: thin_models.py checkpoint OUT.safetensors | thin_models.py guidance-files MODELS_DIR")
+    if sys.argv[1] == "checkpoint":
+        print(write_checkpoint(Path(sys.argv[2])))
+    else:
+        write_guidance_files(Path(sys.argv[2]))

@@ -1,0 +1,99 @@
+"""Cost of training-free loss guidance: median sampling-step time and peak memory vs plain CFG.
+
+    python3 scripts/host.py run-python benchmarks/loss_guidance_overhead.py [--quick] [--repeats 2]
+
+On the thin-but-realistic SD1.5 UNet of attention_overhead.py at 512² (64² latents), with a CLIP ViT-B/16
+text loss (open_clip's architecture, random weights: the cost is the architecture's), the x0 decoded
+either by the full SD VAE architecture or by TAESD (the cheap decoder for the gradient). Rows: plain
+CFG 4, and each method on top of CFG 4. Target (issue 5): FreeDoM + Polyak with the tiny decoder
+≤ 3× CFG step time and ≤ 2× its peak memory. Writes benchmarks/results/loss_guidance_overhead.json.
+`--quick`: the tiny SD1.5 and a 2-layer CLIP at 16² latents, 1 repeat (CI smoke).
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "benchmarks"))
+from attention_overhead import measure, report, setup, thin_models  # noqa: E402  (ComfyUI in-process, CPU)
+
+import comfy.sd  # noqa: E402
+from guidekit.guidance import losses  # noqa: E402
+from guidekit.nodes.loss_guidance import LossGuidanceGK  # noqa: E402
+from guidekit.nodes.loss_networks import OpenClip  # noqa: E402
+from guidekit.nodes.loss_terms import ClipTextLossGK  # noqa: E402
+
+CLIP_ARCH = "ViT-B-16"
+
+
+def clip_model(quick: bool) -> OpenClip:
+    """open_clip ViT-B/16 (or the tests' 2-layer CLIP in quick mode), random weights, its real tokenizer."""
+    import open_clip
+    torch.manual_seed(0)
+    with torch.inference_mode(False):
+        if quick:
+            model, tokenizer = open_clip.CLIP(**thin_models.TINY_OPEN_CLIP), open_clip.SimpleTokenizer()
+        else:
+            model, tokenizer = open_clip.create_model(CLIP_ARCH, pretrained=None), open_clip.get_tokenizer(CLIP_ARCH)
+        model.eval().requires_grad_(False)
+    size = model.visual.image_size
+    size = (size, size) if isinstance(size, int) else tuple(size)
+    return OpenClip(model, tokenizer, size, losses.CLIP_MEAN, losses.CLIP_STD, CLIP_ARCH)
+
+
+def decoders() -> dict:
+    """The full SD KL VAE (its real widths) and TAESD, seeded, as ComfyUI VAE objects."""
+    full = comfy.sd.VAE(sd=thin_models.init_weights(thin_models.thin_kl_autoencoder(), 2).state_dict())
+    return {"full VAE": full, "TAESD": thin_models.taesd_vae()}
+
+
+def guided(model, vae, loss, method="FreeDoM", rule="polyak", copies=0, recurrence=1, gradient_vae=None, mc=4):
+    return LossGuidanceGK.execute(model, vae, loss, method, rule, 0.05, copies, "color,translation,resize,cutout",
+                                  recurrence, 0.0, 1.0, 0.0, 1.0, mc, 0, 0.1, gradient_vae=gradient_vae).result[0]
+
+
+def methods(model, vaes: dict, loss) -> dict:
+    """name → patched model (all at the sampler's cfg 4)."""
+    full, tiny = vaes["full VAE"], vaes["TAESD"]
+    rows = {"cfg": model}
+    for decoder, extra in (("TAESD", {"gradient_vae": tiny}), ("full VAE", {})):
+        rows[f"FreeDoM + Polyak, {decoder}"] = guided(model, full, loss, **extra)
+        rows[f"MPGD + Polyak, {decoder}"] = guided(model, full, loss, "MPGD", **extra)
+    rows.update({
+        "FreeDoM + Polyak + 4 augmented copies, TAESD": guided(model, full, loss, copies=4, gradient_vae=tiny),
+        "DPS fixed, TAESD": guided(model, full, loss, "DPS", "fixed", gradient_vae=tiny),
+        "UG forward, TAESD": guided(model, full, loss, "UG", gradient_vae=tiny),
+        "LGD-MC n 4, TAESD": guided(model, full, loss, "LGD-MC", gradient_vae=tiny),
+        "FreeDoM + Polyak, recurrence 2, TAESD": guided(model, full, loss, recurrence=2, gradient_vae=tiny),
+    })
+    return rows
+
+
+def main() -> None:
+    args, models, sizes = setup(__doc__, "loss_guidance_overhead", 2, "steps per timed run", quick_steps=1)
+    clip = clip_model(args.quick)
+    with torch.inference_mode():
+        loss = ClipTextLossGK.execute(clip, "a photo of a red apple", 1.0).result[0]
+    vaes = decoders()
+    spec = models["sd15"]
+    base = thin_models.seeded_patcher(spec[0], spec[1], seed=0)
+    params = sum(t.numel() for t in base.model.diffusion_model.parameters())
+    rows = []
+    for name, model in methods(base, vaes, loss).items():
+        sec, peak = measure(model, spec, sizes["sd15"], args.steps, args.repeats, cfg=4.0)
+        rows.append({"arch": "sd15", "params": params, "latent": f"{sizes['sd15']}x{sizes['sd15']}", "method": name,
+                     "step_s": sec, "peak_mb": peak / 2 ** 20})
+        print(f"sd15  {name:46} {sec * 1e3:9.1f} ms  {peak / 2 ** 20:8.1f} MB", flush=True)
+    cfg_row = rows[0]
+    for r in rows:
+        r["peak_ratio_to_cfg"] = r["peak_mb"] / max(cfg_row["peak_mb"], 1e-9)
+    report(rows, args, "loss_guidance_overhead", cfg=4.0, loss=f"CLIP text, open_clip {CLIP_ARCH} (random weights)",
+           target="FreeDoM + Polyak with the tiny decoder ≤ 3× CFG step time and ≤ 2× CFG peak memory",
+           vae_params={k: sum(p.numel() for p in v.first_stage_model.parameters()) for k, v in vaes.items()})
+
+
+if __name__ == "__main__":
+    main()
