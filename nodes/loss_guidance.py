@@ -57,10 +57,10 @@ def loss_of_x0(terms: tuple, decode, copies: int, policy: tuple[str, ...]):
     spatial_policy = tuple(p for p in policy if p == "color")
 
     def evaluate(images, rows, gen, spatial):
-        if copies > 0 and (policy if not spatial else spatial_policy):
-            images = augment(images, copies, gen, policy if not spatial else spatial_policy)
-            rows = rows.repeat(copies)
-        return images, rows
+        chosen = spatial_policy if spatial else policy
+        if copies == 0 or not chosen:
+            return images, rows
+        return augment(images, copies, gen, chosen), rows.repeat(copies)
 
     def loss_fn(x0: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
         images = decode(x0)
