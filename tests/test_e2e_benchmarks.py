@@ -50,6 +50,17 @@ def run_script(*args, timeout=900):
                           env=os.environ.copy(), cwd=REPO)
 
 
+def test_loss_guidance_quality_smoke_writes_rows_and_verdicts(tmp_path):
+    out = run_script(REPO / "benchmarks" / "loss_guidance_quality.py", "--smoke", "--out", tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    results = json.loads((tmp_path / "loss_guidance.json").read_text())
+    assert results["meta"]["smoke"] is True
+    rows = [r for section in results["sections"].values() for r in section["rows"]]
+    assert rows and all(0.0 <= r["metrics"]["judge accuracy"]["mean"] <= 1.0 for r in rows)
+    assert set(results["verdicts"]) == {"claim 1", "claim 2"}
+    assert (tmp_path / "loss_guidance.md").is_file()
+
+
 def test_quality_smoke_scores_every_registered_method(tmp_path):
     out = run_script(REPO / "benchmarks" / "quality.py", "--smoke", "--out", tmp_path)
     assert out.returncode == 0, out.stderr[-3000:]
