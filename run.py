@@ -34,7 +34,7 @@ except ImportError:                                    # run as a plain script
 
 MODEL_FOLDERS = ("checkpoints", "vae", "vae_approx", "loras", "clip", "text_encoders", "diffusion_models",
                  "unet", "clip_vision", "embeddings", "upscale_models", "controlnet", "guidekit",
-                 "open_clip", "guidekit_networks")
+                 "open_clip", "guidekit_networks", "guidekit_refiners")
 
 
 class RunError(Exception):

@@ -5,6 +5,7 @@ from comfy_api.latest import ComfyExtension, io
 
 from .autoguidance import AutoguidanceGK, AutoguidanceGuiderGK, DegradedModelGK
 from .demo_mnist import MNISTDemoLoader, MNISTDigits
+from .flow_refiner import NODES as REFINER_NODES, register_refiner_folder
 from .icg import IndependentConditionGuidanceGK
 from .loss_guidance import LossGuidanceGK
 from .loss_networks import register_model_folders
@@ -18,14 +19,16 @@ from .tsg import TimestepGuidanceGK
 NODES: list[type[io.ComfyNode]] = [PerturbedAttentionGuidanceGK, SmoothedEnergyGuidanceGK, SelfAttentionGuidanceGK,
                                    AutoguidanceGK, AutoguidanceGuiderGK, DegradedModelGK, SIMSLoRAGK,
                                    IndependentConditionGuidanceGK, TimestepGuidanceGK,
-                                   LossGuidanceGK, *LOSS_NODES,
+                                   LossGuidanceGK, *LOSS_NODES, *REFINER_NODES,
                                    MNISTDemoLoader, MNISTDigits]
 
 
 class GuideKitExtension(ComfyExtension):
     async def on_load(self) -> None:
         register_model_folders()
+        register_refiner_folder()
 
     async def get_node_list(self) -> list[type[io.ComfyNode]]:
         register_model_folders()          # ComfyUI 0.3.75 never calls on_load; registering twice is a no-op
+        register_refiner_folder()
         return list(NODES)

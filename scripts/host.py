@@ -195,8 +195,8 @@ def setup(with_tests: bool) -> None:
 
 
 def ensure_default_model() -> Path:
-    """The embedded default model (a seeded thin SD1.5-architecture checkpoint) and the loss-guidance example
-    files (tiny open_clip, LR-ASPP, TAESD), built once."""
+    """The embedded default model (a seeded thin SD1.5-architecture checkpoint) and the example files of the
+    loss-guidance and refiner workflows (tiny open_clip, LR-ASPP, TAESD, a thin SD1.5 refiner), built once."""
     path = CACHE / "models" / "checkpoints" / DEFAULT_CHECKPOINT
     if not path.exists():
         log(f"building the default thin checkpoint {path.name} ...")
@@ -204,8 +204,8 @@ def ensure_default_model() -> Path:
         sh([str(host_python()), str(REPO / "tests" / "thin_models.py"), "checkpoint", str(path)],
            "build default checkpoint", env=host_env())
         log(f"default checkpoint built in {time.monotonic() - t0:.1f} s")
-    if not (CACHE / "models" / "vae_approx" / "taesd_decoder.safetensors").exists():
-        log("building the loss-guidance example files (tiny open_clip, LR-ASPP, TAESD) ...")
+    if not (CACHE / "models" / "guidekit_refiners" / "guidekit-thin-sd15-refiner.safetensors").exists():
+        log("building the example files (tiny open_clip, LR-ASPP, TAESD, thin SD1.5 refiner) ...")
         sh([str(host_python()), str(REPO / "tests" / "thin_models.py"), "guidance-files", str(CACHE / "models")],
            "build loss-guidance example files", env=host_env())
     return path

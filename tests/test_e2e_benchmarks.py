@@ -61,6 +61,19 @@ def test_loss_guidance_quality_smoke_writes_rows_and_verdicts(tmp_path):
     assert (tmp_path / "loss_guidance.md").is_file()
 
 
+def test_flow_refiner_quality_smoke_scores_before_and_after(tmp_path):
+    out = run_script(REPO / "benchmarks" / "flow_refiner_quality.py", "--smoke", "--out", tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    results = json.loads((tmp_path / "flow_refiner.json").read_text())
+    assert results["meta"]["smoke"] is True
+    toy, mnist = results["datasets"]["toy"]["runs"], results["datasets"]["mnist"]["runs"]
+    assert {(r["guidance"], r["refiner"]) for r in toy} == {("CFG", "per scale"), ("CFG", "one-for-all"),
+                                                            ("CG", "per scale")}
+    assert {r["refiner"] for r in mnist} == {"per scale", "one-for-all"}
+    assert all(0.0 <= r["after"]["accuracy"]["mean"] <= 1.0 and r["refine_vs_sampling"] > 0 for r in mnist)
+    assert (tmp_path / "flow_refiner.md").is_file() and (tmp_path / "flow_refiner_mnist.png").is_file()
+
+
 def test_quality_smoke_scores_every_registered_method(tmp_path):
     out = run_script(REPO / "benchmarks" / "quality.py", "--smoke", "--out", tmp_path)
     assert out.returncode == 0, out.stderr[-3000:]

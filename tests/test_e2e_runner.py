@@ -191,6 +191,8 @@ def test_guidance_nodes_are_registered_and_change_the_image(server, tmp_path):
     ("clip_guidance_sd15", "8", {"augmentations": "color,flip"}, "input 'augmentations' names ['flip']"),
     ("mnist_loss_guidance", "10", {"target_class": "12"}, "input 'target_class' = '12', but"),
     ("segmentation_guidance_sd15", "12", {"width": 128}, "input 'target_mask' is 128×64 but the image is 64×64"),
+    ("mnist_flow_refiner", "8", {"refiner_name": "guidekit-thin-sd15-refiner.safetensors"},
+     "GuideKit Flow Refine Latent: the refiner was trained on 4-channel latents (SD15)"),
 ])
 def test_bad_guidance_input_is_a_clear_error_not_a_crash(server, tmp_path, workflow, node_id, inputs, needle):
     from guidekit.run import RunError

@@ -238,6 +238,25 @@ def write_taesd(folder: Path, seed: int = 0) -> Path:
     return _save(folder / "taesd_decoder.safetensors", model.taesd_decoder.state_dict(), {})
 
 
+REFINER_FILE = "guidekit-thin-sd15-refiner.safetensors"
+
+
+def write_refiner(path: Path, shape: tuple[int, ...] = (4, 8, 8), iterations: int = 30, seed: int = 0) -> Path:
+    """A flow refiner for SD1.5 latents of 64×64 images, briefly trained from seeded noise to a shifted set."""
+    from guidekit.postprocess import neighbours
+    from guidekit.postprocess.refiner import save_refiner
+    from guidekit.postprocess.train import TrainSettings, new_refiner, train_refiner
+    g = torch.Generator().manual_seed(seed)
+    generated = torch.randn(64, *shape, generator=g)
+    real = torch.randn(64, *shape, generator=g) * 0.5 + 0.3
+    torch.manual_seed(seed)
+    with torch.inference_mode(False):
+        result = train_refiner(new_refiner(real), generated, real, neighbours.top_k(generated, real, 4),
+                               TrainSettings(iterations=iterations, batch_size=16, lr=1e-3, checkpoint_every=0))
+    return save_refiner(path, result.refiner, "latent", shape, "SD15", k=4, iterations=iterations,
+                        command="tests/thin_models.py write_refiner (test asset)")
+
+
 def write_guidance_files(models: Path) -> None:
     """Every loss-guidance test asset under a models folder (skipped when present)."""
     if not (models / "open_clip" / TINY_CLIP_FILE).exists():
@@ -246,6 +265,8 @@ def write_guidance_files(models: Path) -> None:
         write_segmentation_network(models / "guidekit_networks" / SEGMENTATION_FILE)
     if not (models / "vae_approx" / "taesd_decoder.safetensors").exists():
         write_taesd(models / "vae_approx")
+    if not (models / "guidekit_refiners" / REFINER_FILE).exists():
+        write_refiner(models / "guidekit_refiners" / REFINER_FILE)
 
 
 if __name__ == "__main__":

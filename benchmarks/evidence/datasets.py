@@ -63,13 +63,16 @@ class MNISTSetting(Setting):
         return [i % 10 for i in range(n)]
 
     def sample(self, model, cfg, seed, n, steps):
+        return mnist_data.from_latent(self.sample_latent(model, cfg, seed, n, steps))
+
+    def sample_latent(self, model, cfg, seed, n, steps) -> torch.Tensor:
+        """The sampler's output latents (N, 3, 16, 16) in [-1, 1] (what the MNIST refiner trains on)."""
         latent = torch.zeros(n, 3, mnist_data.SIZE, mnist_data.SIZE)
         noise = torch.randn(latent.shape, generator=torch.Generator().manual_seed(seed))
         positive = [[demo_mnist.digit_context(self.labels(n)), {}]]
         negative = [[demo_mnist.digit_context([demo_mnist.NULL]), {}]]
-        out = comfy.sample.sample(model, noise, steps, cfg, self.sampler, self.scheduler, positive, negative,
-                                  latent, seed=seed, disable_pbar=True)
-        return mnist_data.from_latent(out)
+        return comfy.sample.sample(model, noise, steps, cfg, self.sampler, self.scheduler, positive, negative,
+                                   latent, seed=seed, disable_pbar=True)
 
     def reference(self, seed, n):
         """n real training digits, balanced like the samples (the 'data' row: what perfect looks like)."""
