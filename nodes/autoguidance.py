@@ -75,13 +75,13 @@ class AutoguidanceGuiderGK(io.ComfyNode):
             description="Autoguidance as a GUIDER for SamplerCustomAdvanced: D_weak + w·(D_main − D_weak) on the "
                         "positive, plus optional CFG (cfg > 1 needs 'negative').",
             inputs=[*weight_inputs(),
-                    io.Conditioning.Input("positive"),
+                    io.Conditioning.Input("positive", tooltip="The prompt's conditioning."),
                     io.Float.Input("cfg", default=1.0, min=0.0, max=100.0, step=0.1, round=0.01,
                                    tooltip="CFG on top of autoguidance; 1 = off (the paper's setting)."),
                     io.Conditioning.Input("negative", optional=True,
                                           tooltip="Only used when cfg ≠ 1."),
                     *sigma_override_inputs()],
-            outputs=[io.Guider.Output()],
+            outputs=[io.Guider.Output(tooltip="A guider for SamplerCustomAdvanced.")],
         )
 
     @classmethod
@@ -109,7 +109,7 @@ class DegradedModelGK(io.ComfyNode):
             node_id="GuideKitDegradedModel", display_name=DEGRADE_NODE, category=CATEGORY,
             description="A weak model made from the model itself: chosen self-attention layers perturbed on every "
                         "pass. Feed it to GuideKit Autoguidance as 'weak_model' when you own one checkpoint.",
-            inputs=[io.Model.Input("model"),
+            inputs=[io.Model.Input("model", tooltip="The model to degrade (weights shared, not copied)."),
                     io.Combo.Input("degradation", options=list(DEGRADATIONS), default=list(DEGRADATIONS)[0],
                                    tooltip="What the chosen layers do: attention map := identity (PAG), or "
                                            "queries Gaussian-blurred over the image (SEG)."),

@@ -130,7 +130,8 @@ class MNISTDemoLoader(io.ComfyNode):
                         "EmptyChromaRadianceLatentImage (16×16) and GuideKit MNIST Digits.",
             inputs=[io.Combo.Input("weights", options=weight_files() or ["mnist-main.safetensors"],
                                    tooltip="A weights file from the pack's benchmarks/weights folder.")],
-            outputs=[io.Model.Output(), io.Vae.Output()],
+            outputs=[io.Model.Output(tooltip="The MNIST diffusion model."),
+                     io.Vae.Output(tooltip="The pixel-space VAE (16×16 grey digits as RGB).")],
         )
 
     @classmethod
@@ -151,7 +152,7 @@ class MNISTDigits(io.ComfyNode):
                         "(repeated to fill it), or 'none' for the learned unconditional token (the negative).",
             inputs=[io.String.Input("digits", default="0123456789",
                                     tooltip="Digits, one per image ('7', '0123456789'), or 'none' = unconditional.")],
-            outputs=[io.Conditioning.Output()],
+            outputs=[io.Conditioning.Output(tooltip="One digit token per image, for KSampler.")],
         )
 
     @classmethod

@@ -21,6 +21,7 @@ from ..postprocess import data, features, neighbours, ode
 from ..postprocess.refiner import RefinerFile, load_refiner, save_refiner
 from ..postprocess.train import TrainSettings, new_refiner, tensor_sha256, train_refiner
 from .demo_mnist import WEIGHTS_DIR
+from .loss_networks import model_files, resolve
 
 CATEGORY = "GuideKit/postprocess"
 FOLDER = "guidekit_refiners"
@@ -38,23 +39,11 @@ def register_refiner_folder() -> None:
     folder_paths.folder_names_and_paths[FOLDER][1].add(".safetensors")
 
 
-def refiner_files() -> list[str]:
-    try:
-        return folder_paths.get_filename_list(FOLDER)
-    except KeyError:
-        return []
-
-
 def load_refiner_file(name: str, node: str = "GuideKit Flow Refiner Loader") -> RefinerFile:
-    if not name.endswith(".safetensors"):
-        raise ValueError(f"{node}: input 'refiner_name' = {name!r} is not a .safetensors file")
-    path = folder_paths.get_full_path(FOLDER, name)
-    if path is None:
-        raise ValueError(f"{node}: input 'refiner_name' = {name!r} was not found; put the file in "
-                         f"ComfyUI/models/{FOLDER}/ and refresh")
+    path = resolve(FOLDER, name, node, "refiner_name")
     try:
         with torch.inference_mode(False):
-            return load_refiner(Path(path))
+            return load_refiner(path)
     except (ValueError, KeyError) as e:
         raise ValueError(f"{node}: input 'refiner_name' = {name!r}: {e}") from e
 
@@ -101,9 +90,9 @@ class FlowRefinerLoaderGK(io.ComfyNode):
             description="Loads a flow refiner (Zhao & Schwing 2025) from models/guidekit_refiners: a small network "
                         "trained to carry generated samples to their nearest real neighbours. Its file records the "
                         "space (latent / pixel), channels, resolution and latent format it was trained for.",
-            inputs=[io.Combo.Input("refiner_name", options=refiner_files() or [f"(put files in models/{FOLDER})"],
+            inputs=[io.Combo.Input("refiner_name", options=model_files(FOLDER) or [f"(put files in models/{FOLDER})"],
                                    tooltip=f"A refiner (.safetensors) in ComfyUI/models/{FOLDER}.")],
-            outputs=[RefinerType.Output(display_name="refiner")],
+            outputs=[RefinerType.Output(display_name="refiner", tooltip="The refiner and what it was trained for.")],
         )
 
     @classmethod
@@ -118,7 +107,8 @@ class FlowRefineLatentGK(io.ComfyNode):
             node_id="GuideKitFlowRefineLatent", display_name="GuideKit Flow Refine Latent", category=CATEGORY,
             description="Postprocesses sampled latents with a flow refiner trained in this model's latent space: "
                         "integrates its ODE for 'steps' steps. Put it between KSampler and VAE Decode.",
-            inputs=[RefinerType.Input("refiner"), io.Latent.Input("samples", tooltip="Latents from a sampler."),
+            inputs=[RefinerType.Input("refiner", tooltip="A latent-space refiner trained for this model (Flow Refiner Loader)."),
+                    io.Latent.Input("samples", tooltip="Latents from a sampler."),
                     *solver_inputs()],
             outputs=[io.Latent.Output(tooltip="The refined latents (other latent fields kept).")],
         )
@@ -143,7 +133,8 @@ class FlowRefineImageGK(io.ComfyNode):
             node_id="GuideKitFlowRefineImage", display_name="GuideKit Flow Refine Image", category=CATEGORY,
             description="Postprocesses images with a flow refiner trained in pixel space: integrates its ODE for "
                         "'steps' steps. Put it after VAE Decode.",
-            inputs=[RefinerType.Input("refiner"), io.Image.Input("image"), *solver_inputs()],
+            inputs=[RefinerType.Input("refiner", tooltip="A pixel-space refiner (Flow Refiner Loader)."),
+                    io.Image.Input("image", tooltip="Decoded images (an alpha channel is dropped)."), *solver_inputs()],
             outputs=[io.Image.Output(tooltip="The refined images, clamped to [0, 1].")],
         )
 
@@ -228,12 +219,15 @@ class TrainFlowRefinerGK(io.ComfyNode):
                                            "or latents), or open_clip image features (mean of patch tokens: the "
                                            "paper's best space; pooled embedding)."),
                     io.Int.Input("k", default=20, min=1, max=1000, tooltip="Neighbours per sample (paper: 20, 40)."),
-                    io.Int.Input("iterations", default=2000, min=1, max=1_000_000),
-                    io.Int.Input("batch_size", default=64, min=1, max=8192),
-                    io.Float.Input("learning_rate", default=3e-4, min=1e-6, max=1.0, step=1e-5),
-                    io.Int.Input("seed", default=0, min=0, max=2**31 - 1),
-                    io.String.Input("filename_prefix", default="guidekit_refiner")],
-            outputs=[RefinerType.Output(display_name="refiner")],
+                    io.Int.Input("iterations", default=2000, min=1, max=1_000_000, tooltip="Training steps (AdamW, EMA 0.999)."),
+                    io.Int.Input("batch_size", default=64, min=1, max=8192, tooltip="(generated, neighbour) pairs per step."),
+                    io.Float.Input("learning_rate", default=3e-4, min=1e-6, max=1.0, step=1e-5,
+                                   tooltip="AdamW learning rate; data are standardised, so one value fits pixels and latents."),
+                    io.Int.Input("seed", default=0, min=0, max=2**31 - 1,
+                                 tooltip="Seeds the pairing, times and batches: same inputs, same refiner."),
+                    io.String.Input("filename_prefix", default="guidekit_refiner",
+                                    tooltip="Saved as models/guidekit_refiners/<prefix>_NNNNN.safetensors.")],
+            outputs=[RefinerType.Output(display_name="refiner", tooltip="The trained refiner (EMA weights), also saved.")],
             is_output_node=True,
         )
 

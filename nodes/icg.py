@@ -95,7 +95,7 @@ class IndependentConditionGuidanceGK(io.ComfyNode):
                         "on a condition independent of the image instead, so CFG works on models trained without "
                         "condition dropout. Guidance weight = the sampler's cfg; its negative prompt is unused.",
             inputs=[
-                io.Model.Input("model"),
+                io.Model.Input("model", tooltip="The model to guide (a patched copy is returned; this one is unchanged)."),
                 io.Combo.Input("mode", options=MODES, default=MODES[0],
                                tooltip="ŷ: 'gaussian' noise at the embedding's mean/std (paper's best), 'shuffled "
                                        "tokens' (token order permuted), 'other batch row' (each image takes "

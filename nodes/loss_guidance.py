@@ -177,7 +177,7 @@ class LossGuidanceGK(io.ComfyNode):
                         "Guidance, LGD-MC, MPGD, DPS) with Polyak step size and random augmentation (Shen et al. "
                         "2024). Works with every sampler; exact for euler / ddim.",
             inputs=[
-                io.Model.Input("model"),
+                io.Model.Input("model", tooltip="The model to guide (a patched copy is returned; this one is unchanged)."),
                 io.Vae.Input("vae", tooltip="Decodes x0 for the loss (use the checkpoint's VAE)."),
                 LossType.Input("loss", tooltip="A chain of GuideKit loss nodes."),
                 io.Combo.Input("method", options=METHODS, default="FreeDoM",
@@ -200,7 +200,8 @@ class LossGuidanceGK(io.ComfyNode):
                                tooltip="Recurrence applies from this fraction of the schedule ..."),
                 io.Float.Input("recurrence_end", default=0.7, min=0.0, max=1.0, step=0.001,
                                tooltip="... to this one (FreeDoM: 300 ≤ t ≤ 800 of 1000)."),
-                io.Float.Input("start_percent", default=0.0, min=0.0, max=1.0, step=0.001),
+                io.Float.Input("start_percent", default=0.0, min=0.0, max=1.0, step=0.001,
+                               tooltip="Guidance starts at this fraction of the schedule (0 = first step)."),
                 io.Float.Input("end_percent", default=0.8, min=0.0, max=1.0, step=0.001,
                                tooltip="Guidance stops after this fraction (FreeDoM/Shen stop at t = 200-100)."),
                 io.Int.Input("mc_samples", default=4, min=1, max=64, tooltip="LGD-MC: Monte-Carlo samples n."),
@@ -209,7 +210,7 @@ class LossGuidanceGK(io.ComfyNode):
                 io.Vae.Input("gradient_vae", optional=True,
                              tooltip="A cheaper decoder for the gradient only, e.g. TAESD (VAE Loader 'taesd')."),
             ],
-            outputs=[io.Model.Output()],
+            outputs=[io.Model.Output(tooltip="A patched copy of the model that guides every active step by the loss.")],
         )
 
     @classmethod

@@ -48,7 +48,7 @@ def resolve(folder: str, name: str, node: str, input_name: str) -> Path:
     """The full path of a file picked in a model folder, or an error naming the folder to put it in."""
     if not name.endswith(".safetensors"):
         raise ValueError(f"{node}: input '{input_name}' = {name!r} is not a .safetensors file; GuideKit loads "
-                         "guidance networks only from safetensors (convert the checkpoint first)")
+                         "weights only from safetensors (convert the checkpoint first)")
     path = folder_paths.get_full_path(folder, name)
     if path is None:
         raise ValueError(f"{node}: input '{input_name}' = {name!r} was not found; put the file in "

@@ -59,7 +59,7 @@ class OpenClipLoaderGK(io.ComfyNode):
                                    tooltip="An open_clip checkpoint (.safetensors) in ComfyUI/models/open_clip."),
                     io.String.Input("architecture", default="auto",
                                     tooltip="open_clip model name (e.g. ViT-B-16, ViT-L-14, RN50) or 'auto'.")],
-            outputs=[OpenClipType.Output(display_name="clip")],
+            outputs=[OpenClipType.Output(display_name="clip", tooltip="The open_clip model, for the CLIP losses and the refiner's neighbour search.")],
         )
 
     @classmethod
@@ -74,7 +74,8 @@ class NetworkLoaderGK(io.ComfyNode):
             node_id="GuideKitNetworkLoader", display_name="GuideKit Guidance Network Loader", category=CATEGORY,
             description="Loads a classifier, segmentation or sketch network from models/guidekit_networks "
                         "(safetensors): torchvision or timm architectures by name, the head sized from the file.",
-            inputs=[io.Combo.Input("network_name", options=model_files(NETWORK_FOLDER) or ["(put files in models/guidekit_networks)"]),
+            inputs=[io.Combo.Input("network_name", options=model_files(NETWORK_FOLDER) or ["(put files in models/guidekit_networks)"],
+                                   tooltip="A network (.safetensors) in ComfyUI/models/guidekit_networks."),
                     io.String.Input("architecture", default="auto",
                                     tooltip="'torchvision:<name>' (resnet50, deeplabv3_resnet50, "
                                             "lraspp_mobilenet_v3_large …), 'timm:<name>', 'guidekit:digit-cnn', "
@@ -84,7 +85,7 @@ class NetworkLoaderGK(io.ComfyNode):
                                            "else ImageNet mean/std."),
                     io.Int.Input("input_size", default=0, min=0, max=4096,
                                  tooltip="Resize images to this square size for the network; 0 = metadata or as is.")],
-            outputs=[NetworkType.Output(display_name="network")],
+            outputs=[NetworkType.Output(display_name="network", tooltip="The network with its input size and normalisation.")],
         )
 
     @classmethod
@@ -98,11 +99,11 @@ class ClipTextLossGK(io.ComfyNode):
         return io.Schema(
             node_id="GuideKitClipTextLoss", display_name="GuideKit CLIP Text Loss", category=CATEGORY,
             description="1 − cos(CLIP image embedding of x0, CLIP text embedding): pulls the image towards the text.",
-            inputs=[OpenClipType.Input("clip"),
+            inputs=[OpenClipType.Input("clip", tooltip="From GuideKit OpenCLIP Loader."),
                     io.String.Input("text", default="a photo of a cat", multiline=True,
                                     tooltip="One prompt, or one per line for the images of the batch."),
                     *common_inputs()],
-            outputs=[LossType.Output(display_name="loss")],
+            outputs=[LossType.Output(display_name="loss", tooltip="The loss chain, for GuideKit Loss Guidance or another loss node.")],
         )
 
     @classmethod
@@ -121,9 +122,9 @@ class ClipImageLossGK(io.ComfyNode):
         return io.Schema(
             node_id="GuideKitClipImageLoss", display_name="GuideKit CLIP Image Loss", category=CATEGORY,
             description="1 − cos(CLIP embedding of x0, CLIP embedding of a reference image): style/content reference.",
-            inputs=[OpenClipType.Input("clip"), io.Image.Input("image", tooltip="Reference image(s): 1, or one per image."),
+            inputs=[OpenClipType.Input("clip", tooltip="From GuideKit OpenCLIP Loader."), io.Image.Input("image", tooltip="Reference image(s): 1, or one per image."),
                     *common_inputs()],
-            outputs=[LossType.Output(display_name="loss")],
+            outputs=[LossType.Output(display_name="loss", tooltip="The loss chain, for GuideKit Loss Guidance or another loss node.")],
         )
 
     @classmethod
@@ -140,11 +141,11 @@ class ClassifierLossGK(io.ComfyNode):
         return io.Schema(
             node_id="GuideKitClassifierLoss", display_name="GuideKit Classifier Loss", category=CATEGORY,
             description="−log p(target class | x0) under a classifier network.",
-            inputs=[NetworkType.Input("network"),
+            inputs=[NetworkType.Input("network", tooltip="A classifier from GuideKit Guidance Network Loader."),
                     io.String.Input("target_class", default="0",
                                     tooltip="Class index, or comma-separated indices, one per image of the batch."),
                     *common_inputs()],
-            outputs=[LossType.Output(display_name="loss")],
+            outputs=[LossType.Output(display_name="loss", tooltip="The loss chain, for GuideKit Loss Guidance or another loss node.")],
         )
 
     @classmethod
@@ -191,11 +192,13 @@ class SegmentationLossGK(io.ComfyNode):
             node_id="GuideKitSegmentationLoss", display_name=cls.NODE, category=CATEGORY,
             description="Per-pixel cross-entropy between a segmentation network's map of x0 and a target: inside the "
                         "mask the class 'mask_class', outside 'background_class' (-1 = no constraint outside).",
-            inputs=[NetworkType.Input("network"), io.Mask.Input("target_mask", tooltip="Where the class should be."),
-                    io.Int.Input("mask_class", default=1, min=0, max=100000),
-                    io.Int.Input("background_class", default=0, min=-1, max=100000),
+            inputs=[NetworkType.Input("network", tooltip="A segmentation network from GuideKit Guidance Network Loader."), io.Mask.Input("target_mask", tooltip="Where the class should be."),
+                    io.Int.Input("mask_class", default=1, min=0, max=100000,
+                                 tooltip="The class wanted inside the mask (an index of the network's output)."),
+                    io.Int.Input("background_class", default=0, min=-1, max=100000,
+                                 tooltip="The class wanted outside the mask; -1 = outside is ignored."),
                     *common_inputs()],
-            outputs=[LossType.Output(display_name="loss")],
+            outputs=[LossType.Output(display_name="loss", tooltip="The loss chain, for GuideKit Loss Guidance or another loss node.")],
         )
 
     @classmethod
@@ -228,7 +231,7 @@ class SketchLossGK(io.ComfyNode):
                     io.Boolean.Input("invert_target", default=False, tooltip="The target has dark lines on white."),
                     *common_inputs(),
                     NetworkType.Input("network", optional=True, tooltip="A sketch extractor; default Sobel edges.")],
-            outputs=[LossType.Output(display_name="loss")],
+            outputs=[LossType.Output(display_name="loss", tooltip="The loss chain, for GuideKit Loss Guidance or another loss node.")],
         )
 
     @classmethod

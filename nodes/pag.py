@@ -23,7 +23,7 @@ class PerturbedAttentionGuidanceGK(io.ComfyNode):
             description="Perturbed-Attention Guidance: guide away from a pass whose chosen self-attention maps "
                         "are replaced by the identity. UNet (SD1.x/SDXL) and DiT (SD3, Flux, Chroma) models.",
             inputs=[
-                io.Model.Input("model"),
+                io.Model.Input("model", tooltip="The model to guide (a patched copy is returned; this one is unchanged)."),
                 io.Float.Input("scale", default=3.0, min=0.0, max=100.0, step=0.01,
                                tooltip="PAG scale s in CFG + s·(cond − perturbed); 0 = off. Papers: 3 with CFG, 5 alone."),
                 io.String.Input("layers", default="default", tooltip=LAYERS_TOOLTIP),

@@ -81,7 +81,7 @@ class SelfAttentionGuidanceGK(io.ComfyNode):
                         "concentrates, re-noise it, and guide away from the model's answer on it. Works with "
                         "batches, any aspect ratio, chunked batches, UNet and DiT models.",
             inputs=[
-                io.Model.Input("model"),
+                io.Model.Input("model", tooltip="The model to guide (a patched copy is returned; this one is unchanged)."),
                 io.Float.Input("scale", default=0.5, min=0.0, max=5.0, step=0.01,
                                tooltip="SAG scale s; 0 = off. SD: 0.5-0.75 (diffusers 0.75, ComfyUI core 0.5)."),
                 io.Float.Input("blur_sigma", default=2.0, min=0.01, max=10.0, step=0.01,

@@ -25,7 +25,7 @@ class SmoothedEnergyGuidanceGK(io.ComfyNode):
             description="Smoothed Energy Guidance: guide away from a pass whose chosen self-attention queries "
                         "are Gaussian-blurred over the image grid (any aspect ratio). UNet and DiT models.",
             inputs=[
-                io.Model.Input("model"),
+                io.Model.Input("model", tooltip="The model to guide (a patched copy is returned; this one is unchanged)."),
                 io.Float.Input("scale", default=3.0, min=0.0, max=100.0, step=0.01,
                                tooltip="SEG scale in CFG + s·(cond − blurred); the paper fixes 3 and tunes blur_sigma."),
                 io.Float.Input("blur_sigma", default=-1.0, min=-1.0, max=10000.0, step=0.01,

@@ -68,7 +68,7 @@ class TimestepGuidanceGK(io.ComfyNode):
                         "with its time embedding noised, t_emb + s·t^α·n; guidance weight = the sampler's cfg. For "
                         "unconditional models (and conditional ones without a usable negative).",
             inputs=[
-                io.Model.Input("model"),
+                io.Model.Input("model", tooltip="The model to guide (a patched copy is returned; this one is unchanged)."),
                 io.Float.Input("noise_scale", default=1.0, min=0.0, max=100.0, step=0.01,
                                tooltip="s in t_emb + s·t^α·n (absolute, in the embedding's units)."),
                 io.Float.Input("alpha", default=1.0, min=0.0, max=10.0, step=0.01,

@@ -43,6 +43,9 @@ def test_server_loads_the_pack_without_errors(server):
         templates = json.load(r)
     assert any("txt2img_default" in names for names in templates.values()), templates
     assert any("mnist_digits" in names for names in templates.values()), templates
+    with urllib.request.urlopen(server.url + "/i18n") as r:               # locales/en/ served to the frontend
+        node_defs = json.load(r)["en"]["nodeDefs"]
+    assert node_defs["GuideKitFlowRefineLatent"]["inputs"]["strength"]["tooltip"]
 
 
 def readme_main_command() -> str:

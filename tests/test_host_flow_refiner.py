@@ -23,8 +23,8 @@ def sd15_refiner(fr, thin):
 
 
 def test_loader_lists_and_loads_the_refiner_with_what_it_was_trained_for(fr, thin, sd15_refiner):
-    assert thin.REFINER_FILE in fr.refiner_files()
-    assert "mnist-refiner-k20.safetensors" in fr.refiner_files()          # the pack's demo refiner
+    assert thin.REFINER_FILE in fr.model_files(fr.FOLDER)
+    assert "mnist-refiner-k20.safetensors" in fr.model_files(fr.FOLDER)          # the pack's demo refiner
     assert sd15_refiner.space == "latent" and sd15_refiner.sample_shape == (4, 8, 8)
     assert sd15_refiner.latent_format == "SD15"
 
@@ -94,6 +94,7 @@ def blob_images(n, seed, bright):
 def test_train_node_in_pixel_space_then_refine_image(fr, models_dir):
     generated = torch.rand(24, 12, 12, 3, generator=torch.Generator().manual_seed(2))
     real = torch.cat([blob_images(16, 3, 0.2), blob_images(16, 4, 0.8)])
+    torch.manual_seed(0)                                              # the refiner's initial weights
     with torch.inference_mode():
         rf = fr.TrainFlowRefinerGK.execute(4, 150, 16, 2e-3, 0, "test_pixel", generated=generated,
                                            real_images=real).result[0]

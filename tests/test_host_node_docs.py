@@ -1,4 +1,5 @@
-"""Tier 2: every registered node has a help page (web/docs/<node_id>.md) that names it."""
+"""Tier 2: every registered node has a help page (web/docs/<node_id>.md) that names it, a description, and a
+tooltip on every input and output."""
 from pathlib import Path
 
 import pytest
@@ -14,3 +15,28 @@ def test_every_node_has_a_help_page(comfy):
         page = REPO / "web" / "docs" / f"{schema.node_id}.md"
         assert page.is_file(), f"{schema.node_id} has no help page {page.relative_to(REPO)}"
         assert page.read_text().startswith(f"# {schema.display_name}"), page
+
+
+def test_every_node_has_a_description_and_every_input_and_output_a_tooltip(comfy):
+    from guidekit.nodes import NODES
+    missing = []
+    for node in NODES:
+        schema = node.define_schema()
+        if not (schema.description or "").strip():
+            missing.append(f"{schema.node_id}: description")
+        missing += [f"{schema.node_id}.{i.id}" for i in schema.inputs if not (i.tooltip or "").strip()]
+        missing += [f"{schema.node_id} output {o.display_name or o.io_type}" for o in schema.outputs
+                    if not (o.tooltip or "").strip()]
+    assert not missing, f"without a description / tooltip: {missing}"
+
+
+def test_english_locale_is_generated_from_the_schemas(comfy):
+    """locales/en/nodeDefs.json (names and tooltips for the frontend) says exactly what the schemas say."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("guidekit_locales", REPO / "scripts" / "locales.py")
+    locales = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(locales)
+    defs = locales.build()
+    assert defs["GuideKitPAG"]["inputs"]["scale"]["tooltip"]
+    assert locales.OUT.read_text() == locales.render(defs), \
+        "locales/en/nodeDefs.json is out of date: python3 scripts/host.py run-python scripts/locales.py"
