@@ -46,7 +46,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--latent-format", default="", help="recorded in the file, e.g. SD15, SDXL, Flux")
     p.add_argument("--neighbour-space", choices=("samples", "open_clip"), default="samples")
     p.add_argument("--open-clip", type=Path, help="open_clip weights (.safetensors) for --neighbour-space open_clip")
-    p.add_argument("--open-clip-arch", default="ViT-B-16")
+    p.add_argument("--open-clip-arch", default="ViT-B-16", help="open_clip model name (unless the file's metadata has a config)")
     p.add_argument("--pool", choices=features.POOLS, default="mean-patch")
     p.add_argument("--k", type=int, default=20)
     p.add_argument("--limit", type=int, help="use at most this many samples of each set")
@@ -82,9 +82,14 @@ def comfy_vae(path: Path):
 
 
 def load_open_clip_visual(path: Path, arch: str):
+    """The vision tower of an open_clip file: the architecture by name, or from the file's 'open_clip.config'."""
+    import json
     import open_clip
+    from safetensors import safe_open
     from safetensors.torch import load_file
-    model = open_clip.create_model(arch, pretrained=None, device="cpu")
+    with safe_open(str(path), framework="pt") as f:
+        config = (f.metadata() or {}).get("open_clip.config")
+    model = open_clip.CLIP(**json.loads(config)) if config else open_clip.create_model(arch, pretrained=None, device="cpu")
     model.load_state_dict(load_file(str(path)))
     size = model.visual.image_size
     cfg = getattr(model.visual, "preprocess_cfg", {}) or {}
@@ -150,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
     command = "python -m guidekit.train_refiner " + shlex.join(sys.argv[1:] if argv is None else argv)
     save_refiner(args.out, result.refiner, space, tuple(generated.shape[1:]), args.latent_format,
                  neighbour_space=args.neighbour_space if args.neighbour_space == "samples"
-                 else f"open_clip {args.open_clip_arch} {args.pool}",
+                 else f"open_clip {args.open_clip.name} {args.pool}",
                  k=args.k, iterations=result.iterations, seed=args.seed, batch_size=args.batch_size, lr=args.lr,
                  sets=len(gen_sets), command=command, final_loss=result.losses[-1],
                  data_sha256={"generated": [tensor_sha256(x) for x in gen_sets], "real": tensor_sha256(real)})

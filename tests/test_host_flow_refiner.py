@@ -150,3 +150,27 @@ def lg_folders(comfy, models_dir):
 def test_train_node_bad_input_names_the_input(fr, kwargs, needle):
     with torch.inference_mode(), pytest.raises(ValueError, match=f"GuideKit Train Flow Refiner: .*{needle}"):
         fr.TrainFlowRefinerGK.execute(3, 2, 2, 1e-3, 0, "bad", **kwargs)
+
+
+def test_command_line_trains_in_a_vae_latent_space_with_open_clip_neighbours(fr, thin, models_dir, tmp_path):
+    """train_refiner --vae (ComfyUI's VAE from a file) on image folders, neighbours in open_clip patch features."""
+    from PIL import Image
+    from guidekit import train_refiner as cli
+    from guidekit.postprocess.refiner import load_refiner
+    from safetensors.torch import save_file
+    g = torch.Generator().manual_seed(7)
+    for name, n in (("gen", 6), ("real", 8)):
+        (tmp_path / name).mkdir()
+        for i in range(n):
+            pixels = (torch.rand(32, 32, 3, generator=g) * 255).byte().numpy()
+            Image.fromarray(pixels).save(tmp_path / name / f"{i}.png")
+    vae_file = tmp_path / "taesd.safetensors"
+    save_file({k: v.contiguous() for k, v in thin.tiny_taesd(4).state_dict().items()}, str(vae_file))
+    out = tmp_path / "r.safetensors"
+    assert cli.main(["--generated", str(tmp_path / "gen"), "--real", str(tmp_path / "real"), "--out", str(out),
+                     "--vae", str(vae_file), "--latent-format", "SD15", "--neighbour-space", "open_clip",
+                     "--open-clip", str(models_dir / "open_clip" / thin.TINY_CLIP_FILE), "--k", "3",
+                     "--iterations", "3", "--batch-size", "4", "--quiet"]) == 0
+    rf = load_refiner(out)
+    assert rf.space == "latent" and rf.sample_shape == (4, 4, 4) and rf.latent_format == "SD15"
+    assert rf.metadata["guidekit.neighbour_space"].startswith("open_clip") and "mean-patch" in rf.metadata["guidekit.neighbour_space"]
