@@ -1,0 +1,179 @@
+"""Compare guidance methods on one seed: a labelled grid image with each method's time per step.
+
+    python -m guidekit.compare [--checkpoint NAME] [--prompt TEXT] [--negative TEXT] [--methods cfg,pag,seg,...]
+                               [--seed 0] [--steps 20] [--cfg 5.0] [--width 512] [--height 512] [--out DIR]
+
+Runs one txt2img workflow per method through a headless ComfyUI (the same runner as `python -m
+guidekit.run`): the checkpoint's model goes through the method's GuideKit node (its default settings,
+read from the server) into KSampler. Writes compare.png (a labelled row of images: method, seconds per
+step) and compare.json to --out. Without --checkpoint it uses the embedded default model
+(guidekit-thin-sd15.safetensors, a random-weight test model: the images show noise; pass a real
+checkpoint from your ComfyUI's models/checkpoints for real pictures). Time per step is the run's wall
+time over the steps, after one untimed warm-up run (another seed, 1 step) that loads the model and
+encodes the prompt.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+from PIL import Image, ImageDraw
+
+try:
+    from .run import ComfyServer, RunError
+except ImportError:                                    # run as a plain script
+    from run import ComfyServer, RunError
+
+DEFAULT_CHECKPOINT = "guidekit-thin-sd15.safetensors"
+# method → (node class, overrides of its defaults, sampler cfg or None = --cfg); every node takes "model"
+METHODS: dict[str, tuple[str | None, dict, float | None]] = {
+    "cfg": (None, {}, None),
+    "pag": ("GuideKitPAG", {}, None),
+    "seg": ("GuideKitSEG", {}, None),
+    "sag": ("GuideKitSAG", {}, None),
+    "icg": ("GuideKitICG", {}, None),
+    "tsg": ("GuideKitTSG", {}, None),
+    "pag-only": ("GuideKitPAG", {}, 1.0),
+}
+
+
+def base_prompt(checkpoint: str, prompt: str, negative: str, seed: int, steps: int, cfg: float,
+                width: int, height: int) -> dict:
+    return {
+        "1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": checkpoint}},
+        "2": {"class_type": "CLIPTextEncode", "inputs": {"text": prompt, "clip": ["1", 1]}},
+        "3": {"class_type": "CLIPTextEncode", "inputs": {"text": negative, "clip": ["1", 1]}},
+        "4": {"class_type": "EmptyLatentImage", "inputs": {"width": width, "height": height, "batch_size": 1}},
+        "5": {"class_type": "KSampler", "inputs": {"seed": seed, "steps": steps, "cfg": cfg, "sampler_name": "euler",
+                                                   "scheduler": "normal", "denoise": 1.0, "model": ["1", 0],
+                                                   "positive": ["2", 0], "negative": ["3", 0],
+                                                   "latent_image": ["4", 0]}},
+        "6": {"class_type": "VAEDecode", "inputs": {"samples": ["5", 0], "vae": ["1", 2]}},
+        "7": {"class_type": "SaveImage", "inputs": {"filename_prefix": "compare", "images": ["6", 0]}},
+    }
+
+
+def node_defaults(object_info: dict, node: str) -> dict:
+    """The default of every required widget input of a node, as the server defines it."""
+    if node not in object_info:
+        raise RunError(f"the server has no node {node!r}: is GuideKit installed in its custom_nodes?", 1)
+    out = {}
+    for name, spec in object_info[node]["input"].get("required", {}).items():
+        kind, options = spec[0], (spec[1] if len(spec) > 1 else {})
+        if isinstance(kind, list):                                   # a combo: its first option
+            out[name] = options.get("default", kind[0] if kind else None)
+        elif kind in ("INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"):
+            out[name] = options.get("default", options.get("options", [None])[0] if kind == "COMBO" else None)
+    return out
+
+
+def method_prompt(base: dict, method: str, object_info: dict, cfg: float) -> dict:
+    """The base workflow with the method's node between the checkpoint and KSampler."""
+    if method not in METHODS:
+        raise RunError(f"unknown method {method!r}; choose from {', '.join(METHODS)}", 2)
+    node, overrides, sampler_cfg = METHODS[method]
+    prompt = json.loads(json.dumps(base))
+    prompt["5"]["inputs"]["cfg"] = cfg if sampler_cfg is None else sampler_cfg
+    if node is not None:
+        prompt["100"] = {"class_type": node, "inputs": {**node_defaults(object_info, node), **overrides,
+                                                        "model": ["1", 0]}}
+        prompt["5"]["inputs"]["model"] = ["100", 0]
+    return prompt
+
+
+def labelled_grid(panels: list[tuple[str, Path]], path: Path, size: int = 256) -> Path:
+    """One row: each image scaled to `size` with its label above."""
+    label_h = 34
+    grid = Image.new("RGB", (size * len(panels), size + label_h), "white")
+    draw = ImageDraw.Draw(grid)
+    for i, (label, image_path) in enumerate(panels):
+        with Image.open(image_path) as im:
+            grid.paste(im.convert("RGB").resize((size, size)), (i * size, label_h))
+        for j, line in enumerate(label.split("\n")[:2]):
+            draw.text((i * size + 6, 3 + 15 * j), line, fill="black")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    grid.save(path)
+    return path
+
+
+def compare(server: ComfyServer, methods: list[str], out: Path, checkpoint: str = DEFAULT_CHECKPOINT,
+            prompt: str = "a photo of a red apple on a wooden table", negative: str = "", seed: int = 0,
+            steps: int = 20, cfg: float = 5.0, width: int = 512, height: int = 512) -> dict:
+    """Run every method on one seed; write compare.png and compare.json to `out`; return the record."""
+    info = server.object_info()
+    base = base_prompt(checkpoint, prompt, negative, seed, steps, cfg, width, height)
+    prompts = {m: method_prompt(base, m, info, cfg) for m in methods}    # bad names fail before any run
+    warmup = json.loads(json.dumps(prompts[methods[0]]))                 # loads the model, not timed; another
+    warmup["5"]["inputs"].update(seed=seed + 1, steps=1)                 # seed, so no timed run is a cache hit
+    server.run(warmup, out / "warmup")
+    rows = []
+    for method, p in prompts.items():
+        result = server.run(p, out / method)
+        if not result.images:
+            raise RunError(f"method {method!r} produced no image", 1)
+        rows.append({"method": method, "image": os.path.relpath(result.images[0], out), "seconds": result.seconds,
+                     "seconds_per_step": result.seconds / steps, "node": METHODS[method][0],
+                     "cfg": p["5"]["inputs"]["cfg"]})
+    base_step = next((r["seconds_per_step"] for r in rows if r["method"] == "cfg"), None)
+    for r in rows:
+        r["vs_cfg"] = r["seconds_per_step"] / base_step if base_step else None
+    grid = labelled_grid([(f"{r['method']}\n{r['seconds_per_step']:.2f} s/step"
+                           + (f" ({r['vs_cfg']:.2f}x CFG)" if r["vs_cfg"] else ""), out / r["image"])
+                          for r in rows], out / "compare.png")
+    record = {"checkpoint": checkpoint, "prompt": prompt, "negative": negative, "seed": seed, "steps": steps,
+              "cfg": cfg, "size": [width, height], "grid": grid.name, "methods": rows}
+    (out / "compare.json").write_text(json.dumps(record, indent=1))
+    return record
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m guidekit.compare", description=__doc__.split("\n\n")[0])
+    p.add_argument("--checkpoint", default=DEFAULT_CHECKPOINT, help="a file in models/checkpoints")
+    p.add_argument("--prompt", default="a photo of a red apple on a wooden table")
+    p.add_argument("--negative", default="")
+    p.add_argument("--methods", default="cfg,pag,seg,sag", help=f"comma-separated, from: {', '.join(METHODS)}")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--cfg", type=float, default=5.0)
+    p.add_argument("--width", type=int, default=512)
+    p.add_argument("--height", type=int, default=512)
+    p.add_argument("--out", type=Path, default=Path("guidekit-out") / "compare")
+    p.add_argument("--comfyui", type=Path, default=os.environ.get("COMFYUI_PATH"))
+    p.add_argument("--models-dir", type=Path, default=os.environ.get("GUIDEKIT_MODELS_DIR"))
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    unknown = [m for m in methods if m not in METHODS]
+    if not methods or unknown:
+        print(f"guidekit.compare: error: unknown method(s) {unknown}; choose from {', '.join(METHODS)}", file=sys.stderr)
+        return 2
+    if args.comfyui is None:
+        print("guidekit.compare: error: no ComfyUI given: set COMFYUI_PATH or pass --comfyui", file=sys.stderr)
+        return 2
+    server = ComfyServer(Path(args.comfyui), args.models_dir)
+    try:
+        t0 = time.monotonic()
+        server.start()
+        print(f"ComfyUI ready in {time.monotonic() - t0:.1f} s; comparing {', '.join(methods)}", flush=True)
+        record = compare(server, methods, args.out, args.checkpoint, args.prompt, args.negative, args.seed,
+                         args.steps, args.cfg, args.width, args.height)
+    except RunError as err:
+        print(f"guidekit.compare: error: {err}", file=sys.stderr)
+        return err.status
+    finally:
+        server.stop()
+    for r in record["methods"]:
+        print(f"{r['method']:10s} {r['seconds_per_step']:.3f} s/step" + (f"  {r['vs_cfg']:.2f}x CFG" if r["vs_cfg"] else ""))
+    print(args.out / record["grid"])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
