@@ -27,10 +27,12 @@ import torch
 from tqdm import tqdm
 
 try:
+    from .guidance.losses import CLIP_MEAN, CLIP_STD
     from .postprocess import data, features, neighbours
     from .postprocess.refiner import save_refiner
     from .postprocess.train import TrainSettings, new_refiner, pool_equal, tensor_sha256, train_refiner
 except ImportError:                                    # run as a plain script
+    from guidance.losses import CLIP_MEAN, CLIP_STD
     from postprocess import data, features, neighbours
     from postprocess.refiner import save_refiner
     from postprocess.train import TrainSettings, new_refiner, pool_equal, tensor_sha256, train_refiner
@@ -94,31 +96,27 @@ def load_open_clip_visual(path: Path, arch: str):
     size = model.visual.image_size
     cfg = getattr(model.visual, "preprocess_cfg", {}) or {}
     return (model.visual.eval(), (size, size) if isinstance(size, int) else tuple(size),
-            tuple(cfg.get("mean", (0.48145466, 0.4578275, 0.40821073))),
-            tuple(cfg.get("std", (0.26862954, 0.26130258, 0.27577711))))
-
-
-def load_set(path: Path, size, limit: int | None) -> tuple[torch.Tensor, bool]:
-    x, images = data.load_samples(path, size)
-    return x[:limit], images
+            tuple(cfg.get("mean", CLIP_MEAN)), tuple(cfg.get("std", CLIP_STD)))
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     gen_sets, size, images = [], None, None
     for path in args.generated:
-        x, is_images = load_set(path, size, args.limit)
+        x, is_images = data.load_samples(path, size)
+        x = x[:args.limit]
         if images is not None and is_images != images:
             raise SystemExit("--generated mixes image folders and tensor files; use one kind")
         images, size = is_images, (tuple(x.shape[-2:]) if is_images else size)
         gen_sets.append(x)
-    real, real_images = load_set(args.real, size if images else None, args.limit)
+    real, real_images = data.load_samples(args.real, size if images else None)
+    real = real[:args.limit]
     if real_images != images and args.vae is None:
         raise SystemExit("--generated and --real must both be image folders or both tensor files (or give --vae "
                          "to encode image folders into the generated latents' space)")
-    gen_images = pool_equal(gen_sets, args.seed) if images else None
-    real_imgs = real if real_images else None
     generated = pool_equal(gen_sets, args.seed)
+    gen_images = generated if images else None            # kept for open_clip features after VAE encoding
+    real_imgs = real if real_images else None
     space = "vector" if generated.dim() == 2 else ("pixel" if images else "latent")
     if args.vae is not None:
         vae = comfy_vae(args.vae)

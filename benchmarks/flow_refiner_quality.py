@@ -129,7 +129,7 @@ def toy_section(plan: dict) -> tuple[dict, list]:
                          "train_seconds": result.seconds, "final_loss": result.losses[-1],
                          "refine_seconds": statistics.fmean(seconds[name])})
             print_row("toy", rows[-1], setting.higher_is_better)
-    return {"higher_is_better": setting.higher_is_better, "plan": {k: v for k, v in plan.items()},
+    return {"higher_is_better": setting.higher_is_better, "plan": plan,
             "real": {"samples": plan["real_n"]}, "runs": rows}, panels
 
 

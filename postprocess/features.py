@@ -6,7 +6,8 @@ CIFAR-10), ahead of the pooled token and raw pixels. Any open_clip vision transf
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
+
+from ..guidance.losses import prepare
 
 POOLS = ("pooled", "mean-patch")
 
@@ -25,17 +26,13 @@ def open_clip_features(visual: torch.nn.Module, images: torch.Tensor, image_size
         raise ValueError(f"{type(visual).__name__} has no patch tokens; use pool='pooled' "
                          "or a vision transformer (ViT-*)")
     device = next(visual.parameters()).device
-    m = torch.tensor(mean, device=device).view(1, -1, 1, 1)
-    s = torch.tensor(std, device=device).view(1, -1, 1, 1)
     previous = getattr(visual, "output_tokens", None)
     out = []
     try:
         if previous is not None:
             visual.output_tokens = pool == "mean-patch"
         for i in range(0, images.shape[0], batch):
-            x = images[i:i + batch].to(device).float()
-            x = F.interpolate(x, size=image_size, mode="bicubic", align_corners=False, antialias=True)
-            y = visual((x.clamp(0, 1) - m) / s)
+            y = visual(prepare(images[i:i + batch].to(device).float().clamp(0, 1), image_size, mean, std))
             out.append((y[1].mean(dim=1) if pool == "mean-patch" else y).float().cpu())
     finally:
         if previous is not None:
