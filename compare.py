@@ -85,19 +85,21 @@ def method_prompt(base: dict, method: str, object_info: dict, cfg: float) -> dic
     return prompt
 
 
-def labelled_grid(panels: list[tuple[str, Path]], path: Path, size: int = 256) -> Path:
-    """One row: each image scaled to `size` with its label above."""
+def labelled_grid(panels: list[tuple[str, Image.Image]], size: int = 256) -> Image.Image:
+    """One row: each image scaled to `size` (its aspect kept) with a two-line label above."""
     label_h = 34
-    grid = Image.new("RGB", (size * len(panels), size + label_h), "white")
+    heights = [round(size * im.height / im.width) for _, im in panels]
+    grid = Image.new("RGB", (size * len(panels), max(heights) + label_h), "white")
     draw = ImageDraw.Draw(grid)
-    for i, (label, image_path) in enumerate(panels):
-        with Image.open(image_path) as im:
-            grid.paste(im.convert("RGB").resize((size, size)), (i * size, label_h))
+    for i, ((label, im), h) in enumerate(zip(panels, heights)):
+        grid.paste(im.convert("RGB").resize((size, h)), (i * size, label_h))
         for j, line in enumerate(label.split("\n")[:2]):
             draw.text((i * size + 6, 3 + 15 * j), line, fill="black")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    grid.save(path)
-    return path
+    return grid
+
+
+def method_label(method: str, seconds_per_step: float, vs_cfg: float | None) -> str:
+    return f"{method}\n{seconds_per_step:.2f} s/step" + (f" ({vs_cfg:.2f}x CFG)" if vs_cfg else "")
 
 
 def compare(server: ComfyServer, methods: list[str], out: Path, checkpoint: str = DEFAULT_CHECKPOINT,
@@ -121,9 +123,12 @@ def compare(server: ComfyServer, methods: list[str], out: Path, checkpoint: str 
     base_step = next((r["seconds_per_step"] for r in rows if r["method"] == "cfg"), None)
     for r in rows:
         r["vs_cfg"] = r["seconds_per_step"] / base_step if base_step else None
-    grid = labelled_grid([(f"{r['method']}\n{r['seconds_per_step']:.2f} s/step"
-                           + (f" ({r['vs_cfg']:.2f}x CFG)" if r["vs_cfg"] else ""), out / r["image"])
-                          for r in rows], out / "compare.png")
+    panels = []
+    for r in rows:
+        with Image.open(out / r["image"]) as im:
+            panels.append((method_label(r["method"], r["seconds_per_step"], r["vs_cfg"]), im.copy()))
+    grid = out / "compare.png"
+    labelled_grid(panels).save(grid)
     record = {"checkpoint": checkpoint, "prompt": prompt, "negative": negative, "seed": seed, "steps": steps,
               "cfg": cfg, "size": [width, height], "grid": grid.name, "methods": rows}
     (out / "compare.json").write_text(json.dumps(record, indent=1))

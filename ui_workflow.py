@@ -7,6 +7,8 @@ frontend logic that is not reproduced here.
 """
 from __future__ import annotations
 
+import uuid
+
 WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
 FRONTEND_ONLY = {"Note", "MarkdownNote", "PrimitiveNode", "Reroute"}
 SEED_CONTROLS = {"fixed", "increment", "decrement", "randomize"}
@@ -81,3 +83,77 @@ def ui_to_api(workflow: dict, object_info: dict) -> dict:
                 inputs[name] = linked[name]
         prompt[str(nid)] = {"class_type": kind, "inputs": inputs, "_meta": {"title": node.get("title") or kind}}
     return prompt
+
+
+def _depths(prompt: dict) -> dict[str, int]:
+    """Column of each node: the longest chain of links from a node without linked inputs."""
+    memo: dict[str, int] = {}
+
+    def depth(nid: str, seen: frozenset = frozenset()) -> int:
+        if nid not in memo:
+            sources = [str(v[0]) for v in prompt[nid]["inputs"].values()
+                       if isinstance(v, list) and len(v) == 2 and str(v[0]) in prompt and str(v[0]) not in seen]
+            memo[nid] = 1 + max((depth(s, seen | {nid}) for s in sources), default=-1)
+        return memo[nid]
+    return {nid: depth(nid) for nid in prompt}
+
+
+def _height(n_slots: int, n_widgets: int, multiline: int) -> int:
+    return 46 + 22 * n_slots + 24 * n_widgets + 110 * multiline
+
+
+def api_to_ui(prompt: dict, object_info: dict) -> dict:
+    """A UI-format workflow (a template the editor opens) for an API-format prompt.
+
+    Every widget value must be in the prompt (ui_to_api of the result gives the prompt back); nodes are
+    laid out left to right by link depth, stacked in each column. Seed-like inputs get the 'fixed' control
+    so templates reproduce.
+    """
+    ids = sorted(prompt, key=int)
+    depths = _depths(prompt)
+    column_y: dict[int, int] = {}
+    links, out_links, nodes = [], {}, []
+    for order, nid in enumerate(ids):
+        node = prompt[nid]
+        info = object_info.get(node["class_type"])
+        if info is None:
+            raise WorkflowFormatError(f"node {nid} uses {node['class_type']!r}, which this ComfyUI does not have")
+        declared = {**info["input"].get("required", {}), **info["input"].get("optional", {})}
+        inputs, values, filled, multiline = [], [], 0, 0   # filled: trailing defaults for absent optionals
+        for name, spec in declared.items():
+            value = node["inputs"].get(name)
+            if isinstance(value, list) and len(value) == 2 and str(value[0]) in prompt:
+                link_id = len(links) + 1
+                kind = spec[0] if isinstance(spec[0], str) else "COMBO"
+                links.append([link_id, int(value[0]), value[1], int(nid), len(inputs), kind])
+                out_links.setdefault((str(value[0]), value[1]), []).append(link_id)
+                inputs.append({"name": name, "type": kind, "link": link_id})
+            elif _is_widget(spec):
+                absent = name not in node["inputs"]
+                if absent and name not in info["input"].get("optional", {}):
+                    raise WorkflowFormatError(f"node {nid} ({node['class_type']}) has no value for widget {name!r}")
+                options = spec[1] if len(spec) > 1 and isinstance(spec[1], dict) else {}
+                multiline += bool(options.get("multiline"))
+                values.append(options.get("default") if absent else value)
+                filled = filled + 1 if absent else 0
+                if _has_control(name, spec):
+                    values.append("fixed")
+                    filled = filled + 1 if absent else 0
+        values = values[:len(values) - filled]
+        outputs = list(zip(info.get("output_name", info["output"]), info["output"]))
+        height = _height(max(len(inputs), len(outputs)), len(values), multiline)
+        column = depths[nid]
+        y = column_y.get(column, 60)
+        column_y[column] = y + height + 60
+        nodes.append({"id": int(nid), "type": node["class_type"], "pos": [40 + 420 * column, y],
+                      "size": [360, height], "flags": {}, "order": order, "mode": 0,
+                      "inputs": inputs, "properties": {"Node name for S&R": node["class_type"]},
+                      "widgets_values": values, "title": node.get("_meta", {}).get("title", node["class_type"]),
+                      "_outputs": outputs})
+    for node in nodes:
+        node["outputs"] = [{"name": name, "type": kind, "links": out_links.get((str(node["id"]), slot), []),
+                            "slot_index": slot} for slot, (name, kind) in enumerate(node.pop("_outputs"))]
+    signature = ",".join(f"{nid}:{prompt[nid]['class_type']}" for nid in ids)
+    return {"id": str(uuid.uuid5(uuid.NAMESPACE_URL, "guidekit:" + signature)), "revision": 0, "last_node_id": max(map(int, ids)),
+            "last_link_id": len(links), "nodes": nodes, "links": links, "groups": [], "config": {},
+            "extra": {"ds": {"scale": 0.8, "offset": [0, 0]}}, "version": 0.4}

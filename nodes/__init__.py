@@ -4,6 +4,7 @@ from __future__ import annotations
 from comfy_api.latest import ComfyExtension, io
 
 from .autoguidance import AutoguidanceGK, AutoguidanceGuiderGK, DegradedModelGK
+from .compare import CompareGK
 from .demo_mnist import MNISTDemoLoader, MNISTDigits
 from .flow_refiner import NODES as REFINER_NODES, register_refiner_folder
 from .icg import IndependentConditionGuidanceGK
@@ -15,12 +16,13 @@ from .sag import SelfAttentionGuidanceGK
 from .seg import SmoothedEnergyGuidanceGK
 from .sims import SIMSLoRAGK
 from .tsg import TimestepGuidanceGK
+from .web_routes import register_routes
 
 NODES: list[type[io.ComfyNode]] = [PerturbedAttentionGuidanceGK, SmoothedEnergyGuidanceGK, SelfAttentionGuidanceGK,
                                    AutoguidanceGK, AutoguidanceGuiderGK, DegradedModelGK, SIMSLoRAGK,
                                    IndependentConditionGuidanceGK, TimestepGuidanceGK,
                                    LossGuidanceGK, *LOSS_NODES, *REFINER_NODES,
-                                   MNISTDemoLoader, MNISTDigits]
+                                   CompareGK, MNISTDemoLoader, MNISTDigits]
 
 
 class GuideKitExtension(ComfyExtension):
@@ -31,4 +33,5 @@ class GuideKitExtension(ComfyExtension):
     async def get_node_list(self) -> list[type[io.ComfyNode]]:
         register_model_folders()          # ComfyUI 0.3.75 never calls on_load; registering twice is a no-op
         register_refiner_folder()
+        register_routes()                 # the frontend extension's routes, when a server runs
         return list(NODES)

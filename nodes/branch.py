@@ -144,10 +144,16 @@ def run_calc(args: dict, previous: Callable | None, conds: list, model_options: 
 def sigma_range(model, node: str, start_percent: float, end_percent: float,
                 sigma_start: float = -1.0, sigma_end: float = -1.0) -> SigmaRange:
     """The active σ interval from percents of the schedule, each end optionally overridden in σ (≥ 0)."""
+    return sigma_range_of(model.get_model_object("model_sampling"), node, start_percent, end_percent,
+                          sigma_start, sigma_end)
+
+
+def sigma_range_of(ms, node: str, start_percent: float, end_percent: float,
+                   sigma_start: float = -1.0, sigma_end: float = -1.0) -> SigmaRange:
+    """sigma_range for a model_sampling object (what the schedule view in the frontend asks for)."""
     if start_percent > end_percent:
         raise ValueError(f"{node}: input 'start_percent' ({start_percent}) is after 'end_percent' ({end_percent}); "
                          "swap them (0 = first step, 1 = last)")
-    ms = model.get_model_object("model_sampling")
     high = sigma_start if sigma_start >= 0 else float(ms.percent_to_sigma(start_percent))
     low = sigma_end if sigma_end >= 0 else float(ms.percent_to_sigma(end_percent))
     if low > high:

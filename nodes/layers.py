@@ -48,12 +48,16 @@ def unet_self_attention(diffusion_model) -> list[Layer]:
 
 def architecture(model, node: str) -> Architecture:
     """Describe a ModelPatcher's diffusion model, or raise naming the model type GuideKit cannot reach."""
+    return architecture_of(model.get_model_object("diffusion_model"), node)
+
+
+def architecture_of(dm, node: str) -> Architecture:
+    """Describe a diffusion model module (also one built on the meta device, for the layer picker)."""
     from comfy.ldm.flux.model import Flux
     from comfy.ldm.chroma.model import Chroma
     from comfy.ldm.modules.diffusionmodules.mmdit import MMDiT
     from comfy.ldm.modules.diffusionmodules.openaimodel import UNetModel
 
-    dm = model.get_model_object("diffusion_model")
     name = type(dm).__name__
     if isinstance(dm, UNetModel):
         layers = unet_self_attention(dm)

@@ -171,6 +171,21 @@ def link_pack() -> None:
     log(f"pack linked: {custom / NODE_FOLDER} and {CACHE / 'pypath' / PACK_NAME} -> {REPO}")
 
 
+def install_chromium() -> None:
+    """Debian's Chromium for the browser tests (Playwright drives it; no browser download)."""
+    if shutil.which("chromium"):
+        return
+    if not shutil.which("apt-get"):
+        raise StepFailed("the browser tests need Chromium: install your system's chromium package "
+                         "(Debian/Ubuntu: apt-get install chromium)")
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    try:
+        sh(["apt-get", "install", "-y", "--no-install-recommends", "chromium"], "install chromium", env=env)
+    except StepFailed:
+        sh(["apt-get", "update"], "apt-get update", env=env)
+        sh(["apt-get", "install", "-y", "--no-install-recommends", "chromium"], "install chromium", env=env)
+
+
 def setup(with_tests: bool) -> None:
     t0 = time.monotonic()
     CACHE.mkdir(parents=True, exist_ok=True)
@@ -190,6 +205,7 @@ def setup(with_tests: bool) -> None:
         treqs = REPO / "tests" / "requirements.txt"
         step("test-requirements", f"{host_python()}:{file_key(treqs)}",
              lambda: pip(["-r", str(treqs)], "install test requirements", clean=clean))
+        install_chromium()                 # a no-op when present; no stamp, since a new machine may share the cache
     link_pack()
     log(f"host ready in {time.monotonic() - t0:.1f} s")
 

@@ -48,3 +48,5 @@ def server(models_dir):
     srv = ComfyServer(Path(os.environ["COMFYUI_PATH"]), models_dir).start()
     yield srv
     srv.stop()
+    for trained in (models_dir / "guidekit_refiners").glob("guidekit_template_refiner_*.safetensors"):
+        trained.unlink()                                  # written by the mnist_train_flow_refiner template

@@ -40,3 +40,19 @@ def test_english_locale_is_generated_from_the_schemas(comfy):
     assert defs["GuideKitPAG"]["inputs"]["scale"]["tooltip"]
     assert locales.OUT.read_text() == locales.render(defs), \
         "locales/en/nodeDefs.json is out of date: python3 scripts/host.py run-python scripts/locales.py"
+
+
+def test_every_help_page_has_family_settings_cost_and_paper(comfy):
+    """The help page sections users asked for: settings per model family, cost per step, the paper."""
+    from guidekit.nodes import NODES
+    gaps = []
+    for node in NODES:
+        node_id = node.define_schema().node_id
+        text = (REPO / "web" / "docs" / f"{node_id}.md").read_text()
+        for heading in ("## Settings by model family", "## Cost per step", "## Paper"):
+            body = text.split(heading + "\n", 1)[1].split("\n## ", 1)[0] if heading + "\n" in text else ""
+            if len(body.strip()) < 20:
+                gaps.append(f"{node_id}: {heading}")
+        family = text.split("## Settings by model family", 1)[-1]
+        gaps += [f"{node_id}: no {m}" for m in ("SD1.5", "SDXL", "Flux") if m not in family]
+    assert not gaps, gaps

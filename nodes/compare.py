@@ -1,0 +1,131 @@
+"""Compare node: one seed through several guidance methods inside the graph, as a labelled grid.
+
+The in-graph twin of `python -m guidekit.compare`: the same method table, each GuideKit node at its
+default settings applied to a clone of the model, sampled as KSampler samples, decoded, labelled with
+its seconds per step.
+"""
+from __future__ import annotations
+
+import json
+import time
+
+import numpy as np
+import torch
+from PIL import Image
+
+import comfy.model_management
+import comfy.sample
+import comfy.samplers
+import comfy.utils
+from comfy_api.latest import io
+
+from ..compare import METHODS, labelled_grid, method_label
+from .icg import IndependentConditionGuidanceGK
+from .pag import PerturbedAttentionGuidanceGK
+from .sag import SelfAttentionGuidanceGK
+from .seg import SmoothedEnergyGuidanceGK
+from .tsg import TimestepGuidanceGK
+
+NODE = "GuideKit Compare"
+NODE_CLASSES = {cls.define_schema().node_id: cls for cls in (
+    PerturbedAttentionGuidanceGK, SmoothedEnergyGuidanceGK, SelfAttentionGuidanceGK,
+    IndependentConditionGuidanceGK, TimestepGuidanceGK)}
+
+
+def schema_defaults(node_class) -> dict:
+    """The default of every widget input of a node (the values a freshly added node shows)."""
+    out = {}
+    for item in node_class.define_schema().inputs:
+        if getattr(item, "default", None) is not None and not item.optional:
+            out[item.id] = item.default
+    return out
+
+
+def parse_methods(text: str) -> list[str]:
+    methods = [m.strip().lower() for m in text.replace(";", ",").split(",") if m.strip()]
+    unknown = [m for m in methods if m not in METHODS]
+    if not methods or unknown:
+        raise ValueError(f"{NODE}: input 'methods' names {unknown or 'nothing'}; write a comma list of "
+                         f"{', '.join(METHODS)}")
+    return methods
+
+
+def guided_model(model, method: str):
+    node_id, overrides, _ = METHODS[method]
+    if node_id is None:
+        return model
+    return NODE_CLASSES[node_id].execute(model=model, **{**schema_defaults(NODE_CLASSES[node_id]),
+                                                         **overrides}).result[0]
+
+
+def to_pil(image: torch.Tensor) -> Image.Image:
+    return Image.fromarray((image.clamp(0, 1).cpu().numpy() * 255).round().astype(np.uint8))
+
+
+class CompareGK(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="GuideKitCompare", display_name=NODE, category="GuideKit",
+            description="Samples one seed with each chosen guidance method (each GuideKit node at its defaults) and "
+                        "returns a labelled grid with every method's seconds per step, to choose a method.",
+            inputs=[
+                io.Model.Input("model", tooltip="The model; each method patches its own copy."),
+                io.Conditioning.Input("positive", tooltip="The prompt."),
+                io.Conditioning.Input("negative", tooltip="The negative prompt (CFG's unconditional pass)."),
+                io.Latent.Input("latent_image", tooltip="The starting latent, e.g. Empty Latent Image (batch 1)."),
+                io.Vae.Input("vae", tooltip="Decodes each method's result for the grid."),
+                io.String.Input("methods", default="cfg,pag,seg,sag",
+                                tooltip=f"Comma list of methods: {', '.join(METHODS)} ('pag-only' = PAG at cfg 1)."),
+                io.Int.Input("seed", default=0, min=0, max=0xffffffffffffffff, control_after_generate=True,
+                             tooltip="One seed for every method."),
+                io.Int.Input("steps", default=20, min=1, max=10000, tooltip="Sampling steps of every method."),
+                io.Float.Input("cfg", default=5.0, min=0.0, max=100.0, step=0.1, round=0.01,
+                               tooltip="CFG scale (SD1.5 5-7, SDXL 5-7, Flux dev 1 with its guidance node)."),
+                io.Combo.Input("sampler_name", options=comfy.samplers.KSampler.SAMPLERS, default="euler",
+                               tooltip="The sampler of every method."),
+                io.Combo.Input("scheduler", options=comfy.samplers.KSampler.SCHEDULERS, default="normal",
+                               tooltip="The scheduler of every method."),
+            ],
+            outputs=[io.Image.Output("grid", tooltip="One row: each method's image under its name and s/step."),
+                     io.Image.Output("images", tooltip="The methods' images as a batch, in the order given."),
+                     io.String.Output("report", tooltip="JSON: method, seconds, seconds per step, ratio to CFG.")],
+        )
+
+    @classmethod
+    def execute(cls, model, positive, negative, latent_image, vae, methods, seed, steps, cfg, sampler_name,
+                scheduler) -> io.NodeOutput:
+        chosen = parse_methods(methods)
+        latent = latent_image["samples"]
+        if latent.shape[0] != 1:
+            raise ValueError(f"{NODE}: input 'latent_image' has batch {latent.shape[0]}; give one latent (batch 1)")
+        latent = comfy.sample.fix_empty_latent_channels(model, latent)
+        noise = comfy.sample.prepare_noise(latent, seed)
+        bar = comfy.utils.ProgressBar(steps * len(chosen))
+
+        def step_done(*_):
+            comfy.model_management.throw_exception_if_processing_interrupted()
+            bar.update(1)
+
+        comfy.sample.sample(guided_model(model, chosen[0]), noise, 1, cfg, sampler_name, scheduler, positive,
+                            negative, latent, seed=seed, disable_pbar=True)   # untimed: loads the model
+        rows, images = [], []
+        for method in chosen:
+            guided = guided_model(model, method)
+            method_cfg = METHODS[method][2] if METHODS[method][2] is not None else cfg
+            t0 = time.perf_counter()
+            samples = comfy.sample.sample(guided, noise, steps, method_cfg, sampler_name, scheduler, positive,
+                                          negative, latent, seed=seed, callback=step_done, disable_pbar=True)
+            seconds = time.perf_counter() - t0
+            image = vae.decode(samples)
+            images.append(image.reshape(-1, *image.shape[-3:])[:1])
+            rows.append({"method": method, "cfg": method_cfg, "seconds": seconds, "seconds_per_step": seconds / steps})
+        base = next((r["seconds_per_step"] for r in rows if r["method"] == "cfg"), None)
+        for r in rows:
+            r["vs_cfg"] = r["seconds_per_step"] / base if base else None
+        grid = labelled_grid([(method_label(r["method"], r["seconds_per_step"], r["vs_cfg"]), to_pil(im[0]))
+                              for r, im in zip(rows, images)])
+        grid_tensor = torch.from_numpy(np.asarray(grid, dtype=np.float32) / 255.0)[None]
+        batch = torch.cat([comfy.utils.common_upscale(im.movedim(-1, 1), images[0].shape[2], images[0].shape[1],
+                                                      "bilinear", "disabled").movedim(1, -1) for im in images])
+        return io.NodeOutput(grid_tensor, batch, json.dumps(rows))

@@ -1,0 +1,161 @@
+"""What the frontend needs to know about a model file without loading its weights.
+
+The layer picker and the schedule view ask about the checkpoint (or diffusion model, or MNIST demo
+weights) that feeds a GuideKit node. The file's safetensors header gives every tensor's name and shape;
+ComfyUI's own model detection reads those, and the diffusion model is built on the meta device (no
+memory, no weights), so the attention layers and the noise schedule are the real ones of that file.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+
+import comfy.model_detection
+import comfy.samplers
+import folder_paths
+
+from .branch import sigma_range_of
+from .layers import Architecture, architecture_of, format_layers, parse_layers
+
+NODE = "GuideKit model info"
+# loader node → (model folder, widget holding the file name); the frontend walks MODEL links up to one
+LOADERS = {"CheckpointLoaderSimple": ("checkpoints", "ckpt_name"),
+           "CheckpointLoader": ("checkpoints", "ckpt_name"),
+           "UNETLoader": ("diffusion_models", "unet_name"),
+           "GuideKitMNISTLoader": ("guidekit_mnist", "weights")}
+DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+          "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+          "BOOL": torch.bool, "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2}
+
+
+@dataclass(frozen=True)
+class ModelDescription:
+    family: str                  # "unet" | "flux" | "mmdit" | "none" (no reachable self-attention)
+    model_type: str              # the diffusion model's class
+    layers: tuple[str, ...]      # every self-attention layer, each in the layer syntax
+    default_layers: str
+    default_sag_layer: str
+    model_sampling: object       # ComfyUI's model_sampling of this model (schedule, percent_to_sigma)
+    arch: Architecture | None = None
+
+    def to_json(self) -> dict:
+        return {"family": self.family, "model_type": self.model_type, "layers": list(self.layers),
+                "default_layers": self.default_layers, "default_sag_layer": self.default_sag_layer,
+                "sigma_min": float(self.model_sampling.sigma_min), "sigma_max": float(self.model_sampling.sigma_max)}
+
+    def selection(self, text: str) -> dict:
+        """What a layers widget's text selects on this model (the nodes' own parser), or its error."""
+        if self.arch is None:
+            return {"selected": [], "selected_error": f"{self.model_type} has no self-attention GuideKit can reach"}
+        try:
+            chosen = parse_layers(text, self.arch, "layers")
+        except ValueError as err:
+            return {"selected": [], "selected_error": str(err)}
+        return {"selected": [format_layers([layer]) for layer in chosen], "selected_text": format_layers(chosen)}
+
+
+def resolve(folder: str, name: str) -> Path:
+    """The file a loader's widget names, or ValueError saying what is missing."""
+    if folder == "guidekit_mnist":
+        from .demo_mnist import WEIGHTS_DIR
+        path = WEIGHTS_DIR / name
+        if path.is_file() and path.resolve().parent == WEIGHTS_DIR.resolve():
+            return path
+        raise ValueError(f"{NODE}: no MNIST demo weights {name!r} in {WEIGHTS_DIR}")
+    if folder not in dict(LOADERS.values()) and folder not in ("checkpoints", "diffusion_models", "unet"):
+        raise ValueError(f"{NODE}: folder {folder!r} is not one GuideKit describes; use one of "
+                         f"{sorted({f for f, _ in LOADERS.values()})}")
+    found = folder_paths.get_full_path(folder, name)
+    if found is None:
+        raise ValueError(f"{NODE}: no file {name!r} in the {folder} folder")
+    return Path(found)
+
+
+def meta_state_dict(path: Path) -> tuple[dict, dict]:
+    """Every tensor of a safetensors file as an empty meta tensor of its shape and dtype, plus the metadata."""
+    if path.suffix not in (".safetensors", ".sft"):
+        raise ValueError(f"{NODE}: {path.name} is not a safetensors file; only those can be described "
+                         "without loading them")
+    with safe_open(str(path), framework="pt") as f:
+        metadata = f.metadata() or {}
+        sd = {}
+        for key in f.keys():
+            piece = f.get_slice(key)
+            sd[key] = torch.empty(piece.get_shape(), dtype=DTYPES.get(piece.get_dtype(), torch.float32),
+                                  device="meta")
+    return sd, metadata
+
+
+def describe_module(dm, model_sampling) -> ModelDescription:
+    try:
+        arch: Architecture | None = architecture_of(dm, NODE)
+    except ValueError:
+        arch = None
+    if arch is None:
+        return ModelDescription("none", type(dm).__name__, (), "", "", model_sampling)
+    return ModelDescription(arch.family, arch.model_type, tuple(format_layers([layer]) for layer in arch.layers),
+                            arch.default_layers, arch.default_sag_layer, model_sampling, arch)
+
+
+@lru_cache(maxsize=16)
+def _describe(path: str, mtime: float, folder: str) -> ModelDescription:
+    if folder == "guidekit_mnist":
+        from .demo_mnist import build_model, read_metadata
+        config = json.loads(read_metadata(Path(path)).get("guidekit.unet_config", "{}"))
+        with torch.device("meta"):
+            model = build_model(config, device=torch.device("meta"))
+        return describe_module(model.diffusion_model, model.model_sampling)
+    sd, metadata = meta_state_dict(Path(path))
+    prefix = "" if folder in ("diffusion_models", "unet") else comfy.model_detection.unet_prefix_from_state_dict(sd)
+    return describe_state_dict(sd, metadata, prefix, Path(path).name)
+
+
+def describe_state_dict(sd: dict, metadata: dict, prefix: str, name: str) -> ModelDescription:
+    """ComfyUI's detection on a (meta) state dict, and the detected model built on the meta device."""
+    config = comfy.model_detection.model_config_from_unet(sd, prefix, use_base_if_no_match=True,
+                                                          metadata=metadata)  # base: unknown widths, same blocks
+    if config is None:
+        raise ValueError(f"{NODE}: ComfyUI does not recognise the model in {name}")
+    model = config.get_model(sd, prefix, device=torch.device("meta"))
+    return describe_module(model.diffusion_model, model.model_sampling)
+
+
+def describe(folder: str, name: str) -> ModelDescription:
+    """The description of a model file in a ComfyUI model folder (cached per file and modification time)."""
+    path = resolve(folder, name)
+    return _describe(str(path), os.path.getmtime(path), folder)
+
+
+def default_model_sampling():
+    """SD1.5's schedule, shown when no loader is found upstream of the node."""
+    import comfy.model_sampling
+
+    class EpsDiscrete(comfy.model_sampling.ModelSamplingDiscrete, comfy.model_sampling.EPS):
+        pass
+    return EpsDiscrete()
+
+
+def schedule(model_sampling, scheduler: str, sampler: str, steps: int, denoise: float,
+             start_percent: float, end_percent: float, sigma_start: float = -1.0, sigma_end: float = -1.0,
+             node: str = NODE) -> dict:
+    """The sampler's σ for each step, as KSampler computes them, and which steps the node's range covers."""
+    if scheduler not in comfy.samplers.SCHEDULER_HANDLERS:
+        raise ValueError(f"{node}: unknown scheduler {scheduler!r}")
+    if not 1 <= steps <= 10000:
+        raise ValueError(f"{node}: steps must be between 1 and 10000, got {steps}")
+    total = steps if denoise > 0.9999 else int(steps / max(denoise, 1e-4))
+    discard = sampler in comfy.samplers.KSampler.DISCARD_PENULTIMATE_SIGMA_SAMPLERS
+    sigmas = comfy.samplers.calculate_sigmas(model_sampling, scheduler, total + int(discard))
+    if discard:
+        sigmas = torch.cat([sigmas[:-2], sigmas[-1:]])
+    sigmas = sigmas[-(steps + 1):]
+    active_range = sigma_range_of(model_sampling, node, start_percent, end_percent, sigma_start, sigma_end)
+    step_sigmas = [float(s) for s in sigmas[:-1]]        # the σ each step evaluates the model at
+    return {"sigmas": [float(s) for s in sigmas], "active": [active_range.active(s) for s in step_sigmas],
+            "sigma_high": min(active_range.sigma_high, 1e30), "sigma_low": active_range.sigma_low}
