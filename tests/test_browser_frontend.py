@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-pytestmark = [pytest.mark.browser, pytest.mark.e2e]
+pytestmark = [pytest.mark.browser, pytest.mark.e2e, pytest.mark.slow]
 REPO = Path(__file__).resolve().parent.parent
 ARTIFACTS = Path(os.environ.get("GUIDEKIT_ARTIFACTS") or REPO / "test-artifacts")
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
