@@ -56,3 +56,13 @@ def test_every_help_page_has_family_settings_cost_and_paper(comfy):
         family = text.split("## Settings by model family", 1)[-1]
         gaps += [f"{node_id}: no {m}" for m in ("SD1.5", "SDXL", "Flux") if m not in family]
     assert not gaps, gaps
+
+
+def test_every_node_has_a_template_and_every_template_a_thumbnail_and_api_twin(comfy):
+    import json
+    from guidekit.nodes import NODES
+    templates = sorted((REPO / "workflows").glob("*.json"))
+    used = {n["type"] for t in templates for n in json.loads(t.read_text())["nodes"]}
+    assert [n.define_schema().node_id for n in NODES if n.define_schema().node_id not in used] == []
+    assert [t.name for t in templates if not t.with_suffix(".jpg").is_file()] == []
+    assert [t.name for t in templates if not (REPO / "workflows" / "api" / t.name).is_file()] == []
