@@ -98,6 +98,14 @@ def labelled_grid(panels: list[tuple[str, Image.Image]], size: int = 256) -> Ima
     return grid
 
 
+def add_ratios(rows: list[dict]) -> list[dict]:
+    """Each row's seconds per step relative to the 'cfg' row (None when CFG was not run)."""
+    base = next((r["seconds_per_step"] for r in rows if r["method"] == "cfg"), None)
+    for r in rows:
+        r["vs_cfg"] = r["seconds_per_step"] / base if base else None
+    return rows
+
+
 def method_label(method: str, seconds_per_step: float, vs_cfg: float | None) -> str:
     return f"{method}\n{seconds_per_step:.2f} s/step" + (f" ({vs_cfg:.2f}x CFG)" if vs_cfg else "")
 
@@ -120,9 +128,7 @@ def compare(server: ComfyServer, methods: list[str], out: Path, checkpoint: str 
         rows.append({"method": method, "image": os.path.relpath(result.images[0], out), "seconds": result.seconds,
                      "seconds_per_step": result.seconds / steps, "node": METHODS[method][0],
                      "cfg": p["5"]["inputs"]["cfg"]})
-    base_step = next((r["seconds_per_step"] for r in rows if r["method"] == "cfg"), None)
-    for r in rows:
-        r["vs_cfg"] = r["seconds_per_step"] / base_step if base_step else None
+    add_ratios(rows)
     panels = []
     for r in rows:
         with Image.open(out / r["image"]) as im:

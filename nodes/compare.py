@@ -19,7 +19,7 @@ import comfy.samplers
 import comfy.utils
 from comfy_api.latest import io
 
-from ..compare import METHODS, labelled_grid, method_label
+from ..compare import METHODS, add_ratios, labelled_grid, method_label
 from .icg import IndependentConditionGuidanceGK
 from .pag import PerturbedAttentionGuidanceGK
 from .sag import SelfAttentionGuidanceGK
@@ -120,12 +120,8 @@ class CompareGK(io.ComfyNode):
             image = vae.decode(samples)
             images.append(image.reshape(-1, *image.shape[-3:])[:1])
             rows.append({"method": method, "cfg": method_cfg, "seconds": seconds, "seconds_per_step": seconds / steps})
-        base = next((r["seconds_per_step"] for r in rows if r["method"] == "cfg"), None)
-        for r in rows:
-            r["vs_cfg"] = r["seconds_per_step"] / base if base else None
+        add_ratios(rows)
         grid = labelled_grid([(method_label(r["method"], r["seconds_per_step"], r["vs_cfg"]), to_pil(im[0]))
                               for r, im in zip(rows, images)])
         grid_tensor = torch.from_numpy(np.asarray(grid, dtype=np.float32) / 255.0)[None]
-        batch = torch.cat([comfy.utils.common_upscale(im.movedim(-1, 1), images[0].shape[2], images[0].shape[1],
-                                                      "bilinear", "disabled").movedim(1, -1) for im in images])
-        return io.NodeOutput(grid_tensor, batch, json.dumps(rows))
+        return io.NodeOutput(grid_tensor, torch.cat(images), json.dumps(rows))   # one latent: equal sizes

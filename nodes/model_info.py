@@ -29,6 +29,7 @@ LOADERS = {"CheckpointLoaderSimple": ("checkpoints", "ckpt_name"),
            "CheckpointLoader": ("checkpoints", "ckpt_name"),
            "UNETLoader": ("diffusion_models", "unet_name"),
            "GuideKitMNISTLoader": ("guidekit_mnist", "weights")}
+FOLDERS = {folder for folder, _ in LOADERS.values()} | {"unet"}      # "unet": the legacy diffusion_models name
 DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
           "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
           "BOOL": torch.bool, "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2}
@@ -68,9 +69,8 @@ def resolve(folder: str, name: str) -> Path:
         if path.is_file() and path.resolve().parent == WEIGHTS_DIR.resolve():
             return path
         raise ValueError(f"{NODE}: no MNIST demo weights {name!r} in {WEIGHTS_DIR}")
-    if folder not in dict(LOADERS.values()) and folder not in ("checkpoints", "diffusion_models", "unet"):
-        raise ValueError(f"{NODE}: folder {folder!r} is not one GuideKit describes; use one of "
-                         f"{sorted({f for f, _ in LOADERS.values()})}")
+    if folder not in FOLDERS:
+        raise ValueError(f"{NODE}: folder {folder!r} is not one GuideKit describes; use one of {sorted(FOLDERS)}")
     found = folder_paths.get_full_path(folder, name)
     if found is None:
         raise ValueError(f"{NODE}: no file {name!r} in the {folder} folder")
