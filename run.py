@@ -114,9 +114,11 @@ def port_in_use(port: int) -> bool:
 
 @dataclass
 class ComfyServer:
-    """A ComfyUI server process on 127.0.0.1 with its own output/temp/user folders."""
+    """A ComfyUI server process on 127.0.0.1 with its own output/temp/user folders (and input, if given)."""
     comfyui: Path
     models_dir: Path | None = None
+    input_dir: Path | None = None     # ComfyUI's own input folder when None
+    front_end_root: Path | None = None  # a frontend's static folder to serve; ComfyUI's own frontend when None
     port: int = 0
     python: str = sys.executable
     startup_timeout: float = 300.0
@@ -144,6 +146,10 @@ class ComfyServer:
                "--user-directory", str(self.workdir / "user"), "--database-url", "sqlite:///:memory:"]
         if self.models_dir:
             cmd += ["--extra-model-paths-config", str(self.write_model_paths())]
+        if self.input_dir:
+            cmd += ["--input-directory", str(self.input_dir)]
+        if self.front_end_root:
+            cmd += ["--front-end-root", str(self.front_end_root)]
         return cmd
 
     def write_model_paths(self) -> Path:
@@ -272,6 +278,8 @@ async def _run_prompt(server: ComfyServer, prompt: dict, out_dir: Path | None, t
                     raise RunError("ComfyUI rejected the workflow: " + describe_rejection(body))
             prompt_id = body["prompt_id"]
             await _follow(ws, prompt_id, timeout, progress)
+        if body.get("node_errors"):          # ComfyUI ran the outputs that passed validation, not these
+            raise RunError("ComfyUI rejected part of the workflow: " + describe_rejection(body))
         outputs = await _history_outputs(session, server.url, prompt_id)
         images: list[Path] = []
         if out_dir is not None:

@@ -72,6 +72,7 @@ def init_unet(module: torch.nn.Module, seed: int) -> None:
 
 def train_diffusion(name: str, iters: int, out: Path, quiet: bool) -> Path:
     from evidence.comfy_models import demo_mnist
+    from guidekit.nodes import compat
     default_iters, dropout, seed = DIFFUSION[name]
     split = mnist_data.load_split()
     data = mnist_data.to_latent(mnist_data.to_unit(split.train_images))
@@ -80,31 +81,32 @@ def train_diffusion(name: str, iters: int, out: Path, quiet: bool) -> Path:
     model.project_to_grey = False          # fit the UNet's own output; the projection is for sampling
     net = model.diffusion_model
     init_unet(net, seed)
-    net.train()
+    net.train().requires_grad_(True)       # newer ComfyUI builds its layers' parameters frozen
     sigmas = model.model_sampling.sigmas.float()
     opt = torch.optim.Adam(net.parameters(), lr=1e-3)
     ema = EMA(net, 0.995)
     gen = torch.Generator().manual_seed(seed)
     t0 = time.monotonic()
     bar = progress(iters, f"mnist {name}", quiet)
-    for i in bar:
-        opt.param_groups[0]["lr"] = 1e-3 * min(1.0, (i + 1) / 100)
-        idx = torch.randint(len(data), (BATCH,), generator=gen)
-        x0, y = data[idx], labels[idx].clone()
-        y[torch.rand(BATCH, generator=gen) < dropout] = demo_mnist.NULL
-        sigma = sigmas[torch.randint(len(sigmas), (BATCH,), generator=gen)]
-        eps = torch.randn(x0.shape, generator=gen)
-        x = x0 + sigma.view(-1, 1, 1, 1) * eps
-        denoised = model.apply_model(x, sigma, c_crossattn=demo_mnist.digit_context(y.tolist()))
-        eps_hat = (x - denoised) / sigma.view(-1, 1, 1, 1)
-        loss = F.mse_loss(eps_hat, eps)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
-        opt.step()
-        ema.update(net)
-        if i % 50 == 0:
-            bar.set_postfix(loss=f"{loss.item():.4f}")
+    with compat.gradients():        # ComfyUI's ops differentiate only in training mode (0.33+)
+        for i in bar:
+            opt.param_groups[0]["lr"] = 1e-3 * min(1.0, (i + 1) / 100)
+            idx = torch.randint(len(data), (BATCH,), generator=gen)
+            x0, y = data[idx], labels[idx].clone()
+            y[torch.rand(BATCH, generator=gen) < dropout] = demo_mnist.NULL
+            sigma = sigmas[torch.randint(len(sigmas), (BATCH,), generator=gen)]
+            eps = torch.randn(x0.shape, generator=gen)
+            x = x0 + sigma.view(-1, 1, 1, 1) * eps
+            denoised = model.apply_model(x, sigma, c_crossattn=demo_mnist.digit_context(y.tolist()))
+            eps_hat = (x - denoised) / sigma.view(-1, 1, 1, 1)
+            loss = F.mse_loss(eps_hat, eps)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
+            opt.step()
+            ema.update(net)
+            if i % 50 == 0:
+                bar.set_postfix(loss=f"{loss.item():.4f}")
     return save_weights(out, ema.model.state_dict(), demo_mnist.KIND, time.monotonic() - t0, split.sha256,
                         model=name, iterations=iters, batch=BATCH, label_dropout=dropout, seed=seed,
                         unet_config=demo_mnist.MNIST_UNET, prediction="eps", schedule="sd-discrete-linear")

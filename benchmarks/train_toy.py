@@ -72,29 +72,31 @@ def lr_at(i: int, base: float = 1e-2) -> float:
 
 def train_denoiser(name: str, iters: int | None, out_dir: Path, quiet: bool) -> Path:
     from evidence.comfy_models import toy_base_model
+    from guidekit.nodes import compat
     hidden, layers, default_iters, null_fraction, seed = DENOISERS[name]
     iters = iters or default_iters
     torch.manual_seed(seed)
     model = toy_base_model(hidden, layers)
     net = model.diffusion_model
-    net.train()
+    net.train().requires_grad_(True)       # newer ComfyUI builds its layers' parameters frozen
     opt = torch.optim.Adam(net.parameters(), betas=(0.9, 0.99))
     ema = EMA(net, 0.98)
     gen = torch.Generator().manual_seed(seed)
     t0 = time.monotonic()
     bar = progress(iters, f"toy {name}", quiet)
-    for i in bar:
-        opt.param_groups[0]["lr"] = lr_at(i)
-        x, target, labels, sigma = noisy_batch(BATCH, null_fraction, gen)
-        d = model.apply_model(x.view(-1, 2, 1, 1), sigma, c_crossattn=toy_context(labels)).view(-1, 2)
-        weight = (sigma ** 2 + SIGMA_DATA ** 2) / (sigma * SIGMA_DATA) ** 2
-        loss = (weight * (d - target).square().sum(1)).mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        ema.update(net)
-        if i % 64 == 0:
-            bar.set_postfix(loss=f"{loss.item():.4f}")
+    with compat.gradients():        # ComfyUI's ops differentiate only in training mode (0.33+)
+        for i in bar:
+            opt.param_groups[0]["lr"] = lr_at(i)
+            x, target, labels, sigma = noisy_batch(BATCH, null_fraction, gen)
+            d = model.apply_model(x.view(-1, 2, 1, 1), sigma, c_crossattn=toy_context(labels)).view(-1, 2)
+            weight = (sigma ** 2 + SIGMA_DATA ** 2) / (sigma * SIGMA_DATA) ** 2
+            loss = (weight * (d - target).square().sum(1)).mean()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            ema.update(net)
+            if i % 64 == 0:
+                bar.set_postfix(loss=f"{loss.item():.4f}")
     return save_weights(out_dir / f"toy-{name}.safetensors", ema.model.state_dict(), "guidekit-toy-denoiser",
                         time.monotonic() - t0, data_hash(), model=name, iterations=iters, batch=BATCH, seed=seed,
                         arch={"hidden": hidden, "layers": layers}, null_fraction=null_fraction)

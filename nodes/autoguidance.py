@@ -19,6 +19,7 @@ from .dual_model import DualModelGuidance, WeakModel
 from .layers import architecture, parse_layers
 from .pag import identity_perturbation
 from .seg import blurred_queries
+from .validation import GuideKitNode
 
 CATEGORY = "GuideKit/dual model"
 NODE = "GuideKit Autoguidance"
@@ -49,7 +50,7 @@ def weight_inputs() -> list:
             *range_inputs()]
 
 
-class AutoguidanceGK(io.ComfyNode):
+class AutoguidanceGK(GuideKitNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
         return io.Schema(
@@ -67,7 +68,7 @@ class AutoguidanceGK(io.ComfyNode):
                                                 sigma_start, sigma_end))
 
 
-class AutoguidanceGuiderGK(io.ComfyNode):
+class AutoguidanceGuiderGK(GuideKitNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
         return io.Schema(
@@ -102,7 +103,7 @@ DEGRADATIONS = {"identity attention (PAG)": lambda blur: identity_perturbation,
                 "blurred queries (SEG)": lambda blur: blurred_queries(blur)}
 
 
-class DegradedModelGK(io.ComfyNode):
+class DegradedModelGK(GuideKitNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
         return io.Schema(

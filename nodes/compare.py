@@ -25,6 +25,7 @@ from .pag import PerturbedAttentionGuidanceGK
 from .sag import SelfAttentionGuidanceGK
 from .seg import SmoothedEnergyGuidanceGK
 from .tsg import TimestepGuidanceGK
+from .validation import GuideKitNode
 
 NODE = "GuideKit Compare"
 NODE_CLASSES = {cls.define_schema().node_id: cls for cls in (
@@ -62,7 +63,7 @@ def to_pil(image: torch.Tensor) -> Image.Image:
     return Image.fromarray((image.clamp(0, 1).cpu().numpy() * 255).round().astype(np.uint8))
 
 
-class CompareGK(io.ComfyNode):
+class CompareGK(GuideKitNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
         return io.Schema(
@@ -87,9 +88,12 @@ class CompareGK(io.ComfyNode):
                 io.Combo.Input("scheduler", options=comfy.samplers.KSampler.SCHEDULERS, default="normal",
                                tooltip="The scheduler of every method."),
             ],
-            outputs=[io.Image.Output("grid", tooltip="One row: each method's image under its name and s/step."),
-                     io.Image.Output("images", tooltip="The methods' images as a batch, in the order given."),
-                     io.String.Output("report", tooltip="JSON: method, seconds, seconds per step, ratio to CFG.")],
+            outputs=[io.Image.Output("grid", display_name="grid",
+                                     tooltip="One row: each method's image under its name and s/step."),
+                     io.Image.Output("images", display_name="images",
+                                     tooltip="The methods' images as a batch, in the order given."),
+                     io.String.Output("report", display_name="report",
+                                      tooltip="JSON: method, seconds, seconds per step, ratio to CFG.")],
         )
 
     @classmethod

@@ -20,10 +20,13 @@ import comfy.model_management
 import comfy.model_patcher
 import comfy.sd
 import comfy.supported_models_base
-import comfy.utils
 from comfy_api.latest import io
 
+from . import files
+from .validation import GuideKitNode
+
 CATEGORY = "GuideKit/demo"
+LOADER_NODE = "GuideKit MNIST Demo Loader"
 WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "benchmarks" / "weights"
 KIND = "guidekit-mnist-unet"
 NULL = 10                       # index of the unconditional token in the one-hot
@@ -76,22 +79,29 @@ def read_metadata(path: Path) -> dict:
         return dict(f.metadata() or {})
 
 
-def load_patcher(path: Path):
+def load_patcher(path: Path, node: str = "GuideKit MNIST Demo Loader", input_name: str = "weights"):
     """A ModelPatcher for a GuideKit MNIST weights file (its UNet config is in the file's metadata)."""
-    meta = read_metadata(path)
+    meta = files.metadata_of(path, node, input_name, path.name)
     if meta.get("guidekit.kind") != KIND:
-        raise ValueError(f"{path.name} is not a GuideKit MNIST UNet (metadata kind {meta.get('guidekit.kind')!r})")
-    unet_config = json.loads(meta.get("guidekit.unet_config", "{}"))
-    load_device = comfy.model_management.get_torch_device()
-    offload = comfy.model_management.unet_offload_device()
-    model = build_model(unet_config, device=offload)
-    state = comfy.utils.load_torch_file(str(path))
-    missing, unexpected = model.diffusion_model.load_state_dict(state, strict=False)
+        raise ValueError(f"{node}: input '{input_name}' = {path.name!r} is not a GuideKit MNIST UNet (metadata kind "
+                         f"{meta.get('guidekit.kind')!r})")
+    try:
+        unet_config = json.loads(meta.get("guidekit.unet_config", "{}"))
+        model = build_model(unet_config, device=comfy.model_management.unet_offload_device())
+    except (ValueError, TypeError, KeyError) as e:
+        raise ValueError(f"{node}: input '{input_name}' = {path.name!r}: its 'guidekit.unet_config' metadata does "
+                         f"not build the MNIST UNet ({e})") from e
+    state = files.tensors_of(path, node, input_name, path.name)
+    try:
+        missing, unexpected = model.diffusion_model.load_state_dict(state, strict=False)
+    except RuntimeError as e:
+        missing, unexpected = [str(e).splitlines()[-1].strip()[:200]], []
     if missing or unexpected:
-        raise ValueError(f"{path.name}: weights do not fit the UNet config "
+        raise ValueError(f"{node}: input '{input_name}' = {path.name!r}: weights do not fit the UNet config "
                          f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
     model.eval()
-    return comfy.model_patcher.ModelPatcher(model, load_device=load_device, offload_device=offload)
+    return comfy.model_patcher.ModelPatcher(model, load_device=comfy.model_management.get_torch_device(),
+                                            offload_device=comfy.model_management.unet_offload_device())
 
 
 def pixel_space_vae():
@@ -120,11 +130,11 @@ def parse_digits(node: str, text: str) -> list[int]:
     return [int(c) for c in cleaned]
 
 
-class MNISTDemoLoader(io.ComfyNode):
+class MNISTDemoLoader(GuideKitNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
         return io.Schema(
-            node_id="GuideKitMNISTLoader", display_name="GuideKit MNIST Demo Loader", category=CATEGORY,
+            node_id="GuideKitMNISTLoader", display_name=LOADER_NODE, category=CATEGORY,
             description="Loads GuideKit's own class-conditional MNIST diffusion model (16×16 pixel space, trained on "
                         "CPU by benchmarks/train_mnist.py) and the pixel-space VAE. Use with "
                         "EmptyChromaRadianceLatentImage (16×16) and GuideKit MNIST Digits.",
@@ -136,14 +146,11 @@ class MNISTDemoLoader(io.ComfyNode):
 
     @classmethod
     def execute(cls, weights: str) -> io.NodeOutput:
-        path = WEIGHTS_DIR / weights
-        if not path.is_file():
-            raise ValueError(f"GuideKit MNIST Demo Loader: input 'weights' = {weights!r} not found in {WEIGHTS_DIR}; "
-                             "train it with `python3 scripts/host.py run-python benchmarks/train_mnist.py`")
+        path = files.pack_file(WEIGHTS_DIR, weight_files(), weights, LOADER_NODE, "weights")
         return io.NodeOutput(load_patcher(path), pixel_space_vae())
 
 
-class MNISTDigits(io.ComfyNode):
+class MNISTDigits(GuideKitNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
         return io.Schema(

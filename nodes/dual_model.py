@@ -27,6 +27,7 @@ import comfy.samplers
 import comfy.utils
 
 from ..guidance.schedule import SigmaRange
+from . import compat
 
 WEAK_KEY = "guidekit_weak_model"
 RUN_KEYS = ("sample_sigmas",)     # per-run transformer_options the guider sets on the main model only
@@ -69,46 +70,42 @@ def same_weights(main, weak) -> bool:
             and weak.object_patches == main.object_patches)
 
 
-def _clean_originals(base) -> tuple[dict, dict]:
-    """Unpatched parameters and objects of `base` if some patcher has it loaded now (its backups)."""
-    params, objects = {}, {}
-    for loaded in comfy.model_management.current_loaded_models:
-        patcher = loaded.model
-        if patcher is not None and patcher.model is base:
-            params.update({key: b.weight for key, b in patcher.backup.items()})
-            objects.update(patcher.object_patches_backup)
-    return params, objects
+def _twin_module(module: torch.nn.Module, params: dict[int, torch.nn.Parameter]) -> torch.nn.Module:
+    """A module of the same class whose parameters are `params[id(original)]` and whose buffers, config and
+    other attributes are shared; every container (hooks, child lists, weight-function lists) is its own, so
+    registering a hook or a weight patch on the twin never reaches the original. No deep copy: a model's
+    attributes may hold objects that cannot be copied (host buffers, configs that answer every attribute)."""
+    twin = module.__class__.__new__(module.__class__)
+    state = {key: (copy.copy(value) if isinstance(value, (dict, list, set)) else value)
+             for key, value in module.__dict__.items()}
+    state["_parameters"] = {name: None if p is None else params[id(p)] for name, p in module._parameters.items()}
+    state["_modules"] = {name: None if child is None else _twin_module(child, params)
+                         for name, child in module._modules.items()}
+    for attr in ("weight_function", "bias_function"):       # load-time state of the patcher that loaded it
+        if isinstance(state.get(attr), list):
+            state[attr] = []
+    if "prev_comfy_cast_weights" in state:
+        state["comfy_cast_weights"] = state.pop("prev_comfy_cast_weights")
+    if "comfy_patched_weights" in state:
+        state["comfy_patched_weights"] = False
+    twin.__dict__.update(state)
+    return twin
 
 
 def twin_patcher(weak):
     """A ModelPatcher like `weak` on its own module tree that shares the unpatched weight tensors."""
     base = weak.model
-    clean, objects = _clean_originals(base)
-    memo: dict[int, object] = {}
-    for name, param in base.named_parameters():
-        source = clean.get(name, param).detach().to(weak.offload_device)
-        memo[id(param)] = torch.nn.Parameter(source, requires_grad=False)
-    for buffer in base.buffers():
-        memo[id(buffer)] = buffer
-    for module in base.modules():       # load-time state of the loaded patcher: rebuilt when the twin loads
-        for attr in ("weight_function", "bias_function"):
-            if isinstance(getattr(module, attr, None), list):
-                memo[id(getattr(module, attr))] = []
-    twin = copy.deepcopy(base, memo)
+    clean, clean_buffers, objects = compat.unpatched_state(base)
+    params = {id(p): torch.nn.Parameter(clean.get(name, p).detach().to(weak.offload_device), requires_grad=False)
+              for name, p in base.named_parameters()}
+    twin = _twin_module(base, params)
+    compat.without_patcher_state(twin)
+    for key, buffer in clean_buffers.items():
+        owner, _, name = key.rpartition(".")
+        twin.get_submodule(owner)._buffers[name] = buffer
     for key, original in objects.items():
         comfy.utils.set_attr(twin, key, original)
-    for module in twin.modules():
-        if hasattr(module, "prev_comfy_cast_weights"):
-            module.comfy_cast_weights = module.prev_comfy_cast_weights
-            del module.prev_comfy_cast_weights
-        if hasattr(module, "comfy_patched_weights"):
-            module.comfy_patched_weights = False
-    twin.device = weak.offload_device
-    twin.model_loaded_weight_memory = twin.lowvram_patch_counter = twin.model_offload_buffer_memory = 0
-    twin.model_lowvram, twin.current_weight_patches_uuid, twin.current_patcher = False, None, None
-    out = weak.clone()
-    out.model = twin
-    out.backup, out.object_patches_backup = {}, {}
+    out = compat.clone_onto(weak, twin)
     out.weight_inplace_update = False       # never write into the tensors the file's other users share
     return out
 

@@ -21,7 +21,9 @@ from ..postprocess import data, features, neighbours, ode
 from ..postprocess.refiner import RefinerFile, load_refiner, save_refiner
 from ..postprocess.train import TrainSettings, new_refiner, tensor_sha256, train_refiner
 from .demo_mnist import WEIGHTS_DIR
-from .loss_networks import model_files, resolve
+from . import files
+from .loss_networks import model_files
+from .validation import GuideKitNode
 
 CATEGORY = "GuideKit/postprocess"
 FOLDER = "guidekit_refiners"
@@ -40,12 +42,14 @@ def register_refiner_folder() -> None:
 
 
 def load_refiner_file(name: str, node: str = "GuideKit Flow Refiner Loader") -> RefinerFile:
-    path = resolve(FOLDER, name, node, "refiner_name")
+    path = files.model_file(FOLDER, name, node, "refiner_name")
     try:
         with torch.inference_mode(False):
             return load_refiner(path)
-    except (ValueError, KeyError) as e:
+    except ValueError as e:
         raise ValueError(f"{node}: input 'refiner_name' = {name!r}: {e}") from e
+    except Exception as e:                      # the deserializer's own errors: empty, truncated, not safetensors
+        raise files.unreadable(node, "refiner_name", name, e) from e
 
 
 def solver_inputs() -> list:
@@ -82,7 +86,7 @@ def check_shape(rf: RefinerFile, x: torch.Tensor, node: str, input_name: str) ->
                  tuple(expect[1:]))
 
 
-class FlowRefinerLoaderGK(io.ComfyNode):
+class FlowRefinerLoaderGK(GuideKitNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
         return io.Schema(
@@ -100,7 +104,7 @@ class FlowRefinerLoaderGK(io.ComfyNode):
         return io.NodeOutput(load_refiner_file(refiner_name))
 
 
-class FlowRefineLatentGK(io.ComfyNode):
+class FlowRefineLatentGK(GuideKitNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
         return io.Schema(
@@ -126,7 +130,7 @@ class FlowRefineLatentGK(io.ComfyNode):
         return io.NodeOutput(out)
 
 
-class FlowRefineImageGK(io.ComfyNode):
+class FlowRefineImageGK(GuideKitNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
         return io.Schema(
@@ -156,13 +160,15 @@ def _real_images(real_images, real_folder: str, size: tuple[int, int], node: str
     if real_images is not None:
         parts.append(data.center_crop_resize(real_images[..., :3].movedim(-1, 1).float(), size))
     if real_folder.strip():
-        folder = Path(real_folder.strip())
-        if not folder.is_absolute():
-            folder = Path(folder_paths.get_input_directory()) / folder
+        folder = files.input_subfolder(real_folder, node, "real_folder")
+        images = files.files_inside(folder, data.IMAGE_SUFFIXES)
+        if not images:
+            raise ValueError(f"{node}: input 'real_folder' = {real_folder!r} holds no images "
+                             f"({', '.join(sorted(data.IMAGE_SUFFIXES))})")
         try:
-            parts.append(data.load_image_folder(folder, size))
-        except (FileNotFoundError, ValueError) as e:
-            raise ValueError(f"{node}: input 'real_folder': {e}") from e
+            parts.append(data.load_images(images, size))
+        except (OSError, ValueError) as e:
+            raise ValueError(f"{node}: input 'real_folder' = {real_folder!r}: an image cannot be read ({e})") from e
     if not parts:
         raise ValueError(f"{node}: no real data; connect 'real_images' or set 'real_folder' (a folder of images, "
                          "relative to ComfyUI's input folder)")
@@ -195,7 +201,7 @@ def _output_path(prefix: str) -> Path:
     return folder / f"{stem}_{i:05d}.safetensors"
 
 
-class TrainFlowRefinerGK(io.ComfyNode):
+class TrainFlowRefinerGK(GuideKitNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
         return io.Schema(
@@ -209,7 +215,7 @@ class TrainFlowRefinerGK(io.ComfyNode):
                                             "needs the VAE for the real images)."),
                     io.Image.Input("real_images", optional=True, tooltip="Real images (resized to the generated size)."),
                     io.String.Input("real_folder", default="", optional=True,
-                                    tooltip="A folder of real images (absolute, or relative to ComfyUI/input)."),
+                                    tooltip="A folder of real images inside ComfyUI/input, named relative to it."),
                     io.Vae.Input("vae", optional=True,
                                  tooltip="Train in this VAE's latent space (the refiner then goes before VAE Decode)."),
                     io.Custom("GUIDEKIT_OPEN_CLIP").Input("open_clip", optional=True,

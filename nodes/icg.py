@@ -11,6 +11,7 @@ from ..guidance.icg import derangement, gaussian_condition, random_rows, shuffle
 from .branch import sigma_range
 from .common import range_inputs, sigma_override_inputs
 from .negative_swap import replace_uncond, step_generator
+from .validation import GuideKitNode
 
 NODE = "GuideKit ICG"
 CATEGORY = "GuideKit/condition"
@@ -86,7 +87,7 @@ class IndependentCondition:
         return negative, args["model_options"]
 
 
-class IndependentConditionGuidanceGK(io.ComfyNode):
+class IndependentConditionGuidanceGK(GuideKitNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
         return io.Schema(

@@ -17,10 +17,12 @@ from comfy_api.latest import io
 
 from ..guidance.augment import POLICIES, augment, mean_over_copies
 from ..guidance.loss_guidance import METHODS, STEP_RULES, LossGuidanceConfig, loss_guided_denoise
+from . import compat
+from .autograd import InPlaceSafe, autograd_ready
 from .branch import sigma_range
-from .loss_networks import autograd_ready
 from .loss_terms import CATEGORY, LossType
 from .negative_swap import step_generator
+from .validation import GuideKitNode
 
 NODE = "GuideKit Loss Guidance"
 WRAPPER_KEY = "guidekit_loss_guidance"
@@ -87,12 +89,6 @@ def next_sigma(sigmas: torch.Tensor | None, sigma: float) -> float:
     return max(lower) if lower else 0.0
 
 
-def snapshot(saved: torch.Tensor) -> torch.Tensor:
-    """Keep a copy of activations saved for backward (models that later update them in place, as ComfyUI's
-    Flux blocks do with `img += …`); weights and other constants stay shared."""
-    return saved.clone() if saved.requires_grad else saved
-
-
 class LossGuidance:
     """The predict_noise wrapper: state for one patched model."""
 
@@ -103,7 +99,7 @@ class LossGuidance:
         self.recurrence, self.recurrence_range = recurrence, recurrence_range
         self.reported: set = set()
         self.last = None                 # the last step's StepResult (loss, change, skipped), for reports
-        self.snapshot_saved = False      # the model updates activations in place (ComfyUI's Flux): copy them
+        self.backward = InPlaceSafe(NODE)
 
     def report_once(self, key: str, message: str, *args) -> None:
         if key not in self.reported:
@@ -132,13 +128,11 @@ class LossGuidance:
         if self.config.method != "MPGD":                          # MPGD never differentiates through the model
             autograd_ready(base.diffusion_model)
 
-        with torch.inference_mode(False), torch.enable_grad():
+        with compat.gradients():
             t = timestep.clone()
 
             def denoise(x_edm: torch.Tensor) -> torch.Tensor:
-                if not self.snapshot_saved:
-                    return executor(x_edm * scale, t, model_options, seed)
-                with torch.autograd.graph.saved_tensors_hooks(snapshot, lambda saved: saved):
+                with self.backward.saving():
                     return executor(x_edm * scale, t, model_options, seed)
 
             def run():
@@ -147,14 +141,7 @@ class LossGuidance:
                                            torch.tensor(next_edm, dtype=x.dtype, device=x.device),
                                            self.config, gen, recurrence)
             try:
-                try:
-                    guided, result = run()
-                except RuntimeError as e:
-                    if "modified by an inplace operation" not in str(e) or self.snapshot_saved:
-                        raise
-                    logging.info("%s: the model updates activations in place; keeping copies for the gradient", NODE)
-                    self.snapshot_saved = True
-                    guided, result = run()
+                guided, result = self.backward.run(run)
             except RuntimeError as e:
                 if "Inference tensors" not in str(e):
                     raise
@@ -168,7 +155,7 @@ class LossGuidance:
         return guided.detach().to(x.dtype)
 
 
-class LossGuidanceGK(io.ComfyNode):
+class LossGuidanceGK(GuideKitNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
         return io.Schema(

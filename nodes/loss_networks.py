@@ -20,7 +20,8 @@ import torch
 
 from ..guidance import losses
 from ..guidance.networks import BUILTIN
-from .demo_mnist import WEIGHTS_DIR, read_metadata
+from . import files
+from .demo_mnist import WEIGHTS_DIR
 
 OPEN_CLIP_FOLDER = "open_clip"
 NETWORK_FOLDER = "guidekit_networks"
@@ -44,46 +45,21 @@ def model_files(folder: str) -> list[str]:
         return []
 
 
-def resolve(folder: str, name: str, node: str, input_name: str) -> Path:
-    """The full path of a file picked in a model folder, or an error naming the folder to put it in."""
-    if not name.endswith(".safetensors"):
-        raise ValueError(f"{node}: input '{input_name}' = {name!r} is not a .safetensors file; GuideKit loads "
-                         "weights only from safetensors (convert the checkpoint first)")
-    path = folder_paths.get_full_path(folder, name)
-    if path is None:
-        raise ValueError(f"{node}: input '{input_name}' = {name!r} was not found; put the file in "
-                         f"ComfyUI/models/{folder}/ and refresh")
-    return Path(path)
-
-
-def _load_state(path: Path, node: str) -> dict:
-    with torch.inference_mode(False):
-        return {k: v.clone() for k, v in comfy.utils.load_torch_file(str(path), safe_load=True).items()}
+def _load_state(path: Path, node: str, input_name: str, name: str) -> dict:
+    return files.tensors_of(path, node, input_name, name)
 
 
 def _strict_load(module: torch.nn.Module, state: dict, node: str, input_name: str, name: str, arch: str) -> None:
-    missing, unexpected = module.load_state_dict(state, strict=False)
+    try:
+        missing, unexpected = module.load_state_dict(state, strict=False)
+    except RuntimeError as e:                       # shapes that differ from the architecture's
+        raise ValueError(f"{node}: input '{input_name}' = {name!r} does not fit architecture {arch!r} "
+                         f"({str(e).splitlines()[-1].strip()[:200]}); pick the architecture the weights were "
+                         "trained with") from e
     if missing or unexpected:
         raise ValueError(f"{node}: input '{input_name}' = {name!r} does not fit architecture {arch!r} "
                          f"(missing {list(missing)[:3]}, unexpected {list(unexpected)[:3]}); pick the "
                          "architecture the weights were trained with")
-
-
-def autograd_ready(module: torch.nn.Module) -> torch.nn.Module:
-    """Replace inference tensors among the module's parameters and buffers by ordinary copies, in place.
-
-    Same values, one tensor at a time; needed because autograd cannot save tensors created in inference
-    mode (ComfyUI loads models inside it). Called on the models loss guidance differentiates through.
-    """
-    with torch.inference_mode(False):
-        for sub in module.modules():
-            for name, p in list(sub._parameters.items()):
-                if p is not None and p.is_inference():
-                    sub._parameters[name] = torch.nn.Parameter(p.clone(), requires_grad=False)
-            for name, b in list(sub._buffers.items()):
-                if b is not None and b.is_inference():
-                    sub._buffers[name] = b.clone()
-    return module
 
 
 # --------------------------------------------------------------------------------------------- open_clip
@@ -111,13 +87,21 @@ class OpenClip:
         return self.model.encode_image(x.to(next(self.model.parameters()).dtype)).float()
 
 
-def _open_clip_arch(path: Path, architecture: str, node: str) -> tuple[str, dict | None]:
+def _open_clip_arch(path: Path, architecture: str, node: str, name: str) -> tuple[str, dict | None]:
     import open_clip
-    meta = read_metadata(path)
+    meta = files.metadata_of(path, node, "clip_name", name)
     if architecture.strip() and architecture.strip().lower() != "auto":
         return architecture.strip(), None
     if "open_clip.config" in meta:
-        return meta.get("open_clip.arch", path.stem), json.loads(meta["open_clip.config"])
+        try:
+            config = json.loads(meta["open_clip.config"])
+        except ValueError as e:
+            raise ValueError(f"{node}: input 'clip_name' = {name!r}: its 'open_clip.config' metadata is not JSON "
+                             f"({e}); save the file again") from e
+        if not isinstance(config, dict):
+            raise ValueError(f"{node}: input 'clip_name' = {name!r}: its 'open_clip.config' metadata is not a "
+                             "config object; save the file again")
+        return meta.get("open_clip.arch", path.stem), config
     if "open_clip.arch" in meta:
         return meta["open_clip.arch"], None
     known = sorted((m for m in open_clip.list_models() if m.lower() in path.stem.lower()), key=len, reverse=True)
@@ -130,8 +114,8 @@ def _open_clip_arch(path: Path, architecture: str, node: str) -> tuple[str, dict
 def load_open_clip(name: str, architecture: str, node: str = "GuideKit OpenCLIP Loader") -> OpenClip:
     """Build the architecture (by open_clip name, or from a config in the file's metadata) and load the file."""
     import open_clip
-    path = resolve(OPEN_CLIP_FOLDER, name, node, "clip_name")
-    arch, config = _open_clip_arch(path, architecture, node)
+    path = files.model_file(OPEN_CLIP_FOLDER, name, node, "clip_name")
+    arch, config = _open_clip_arch(path, architecture, node, name)
     with torch.inference_mode(False):
         try:
             if config is not None:
@@ -141,10 +125,13 @@ def load_open_clip(name: str, architecture: str, node: str = "GuideKit OpenCLIP 
                 model = open_clip.CLIP(**config)
             else:
                 model = open_clip.create_model(arch, pretrained=None, device="cpu")
-        except RuntimeError as e:
+        except (RuntimeError, TypeError, KeyError, AttributeError) as e:
+            if config is not None:
+                raise ValueError(f"{node}: input 'clip_name' = {name!r}: the open_clip config in its metadata does "
+                                 f"not build a model ({e}); save the file again") from e
             raise ValueError(f"{node}: input 'architecture' = {arch!r} is not an open_clip model ({e}); "
                              "see open_clip.list_models()") from e
-        _strict_load(model, _load_state(path, node), node, "clip_name", name, arch)
+        _strict_load(model, _load_state(path, node, "clip_name", name), node, "clip_name", name, arch)
         model.eval().requires_grad_(False)
     context = (config or {}).get("text_cfg", {}).get("context_length", getattr(model, "context_length", 77))
     try:
@@ -215,8 +202,8 @@ def _first_in_channels(module: torch.nn.Module) -> int:
 def load_network(name: str, architecture: str, normalization: str, input_size: int,
                  node: str = "GuideKit Guidance Network Loader") -> GuidanceNetwork:
     """Build the named architecture (torchvision:…, timm:…, guidekit:…), fit its head to the file, load it."""
-    path = resolve(NETWORK_FOLDER, name, node, "network_name")
-    meta = read_metadata(path)
+    path = files.model_file(NETWORK_FOLDER, name, node, "network_name")
+    meta = files.metadata_of(path, node, "network_name", name)
     if meta.get("guidekit.kind", "").endswith("unet") or "guidekit.unet_config" in meta:
         raise ValueError(f"{node}: input 'network_name' = {name!r} is a diffusion model, not a guidance network")
     arch = architecture.strip() if architecture.strip().lower() not in ("", "auto") else meta.get("guidekit.arch", "")
@@ -225,7 +212,7 @@ def load_network(name: str, architecture: str, normalization: str, input_size: i
                          "'torchvision:resnet18', 'torchvision:lraspp_mobilenet_v3_large', 'timm:efficientnet_b0' "
                          "or 'guidekit:digit-cnn'")
     with torch.inference_mode(False):
-        state = _load_state(path, node)
+        state = _load_state(path, node, "network_name", name)
         try:
             aux = any(k.startswith("aux_classifier.") for k in state)     # torchvision DeepLabV3 / FCN files
             module = _build(arch, None, aux)

@@ -17,6 +17,7 @@ from comfy_api.latest import io
 from ..guidance import losses
 from .loss_networks import (NETWORK_FOLDER, NORMALIZATIONS, OPEN_CLIP_FOLDER, load_network, load_open_clip,
                             model_files)
+from .validation import GuideKitNode
 
 CATEGORY = "GuideKit/loss guidance"
 LossType = io.Custom("GUIDEKIT_LOSS")
@@ -48,7 +49,7 @@ def common_inputs() -> list:
             LossType.Input("loss", optional=True, tooltip="Another loss to add this one to (chain loss nodes).")]
 
 
-class OpenClipLoaderGK(io.ComfyNode):
+class OpenClipLoaderGK(GuideKitNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
         return io.Schema(
@@ -67,7 +68,7 @@ class OpenClipLoaderGK(io.ComfyNode):
         return io.NodeOutput(load_open_clip(clip_name, architecture))
 
 
-class NetworkLoaderGK(io.ComfyNode):
+class NetworkLoaderGK(GuideKitNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
         return io.Schema(
@@ -93,7 +94,7 @@ class NetworkLoaderGK(io.ComfyNode):
         return io.NodeOutput(load_network(network_name, architecture, normalization, input_size))
 
 
-class ClipTextLossGK(io.ComfyNode):
+class ClipTextLossGK(GuideKitNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
         return io.Schema(
@@ -116,7 +117,7 @@ class ClipTextLossGK(io.ComfyNode):
         return io.NodeOutput(chain(loss, LossTerm(f"CLIP text {prompts[0]!r}", weight, fn)))
 
 
-class ClipImageLossGK(io.ComfyNode):
+class ClipImageLossGK(GuideKitNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
         return io.Schema(
@@ -135,7 +136,7 @@ class ClipImageLossGK(io.ComfyNode):
         return io.NodeOutput(chain(loss, LossTerm("CLIP image", weight, fn)))
 
 
-class ClassifierLossGK(io.ComfyNode):
+class ClassifierLossGK(GuideKitNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
         return io.Schema(
@@ -183,7 +184,7 @@ def aligned_target(target: torch.Tensor, size: tuple[int, int], node: str, input
     return F.interpolate(target.float(), size=tuple(size), mode=mode, **kwargs)
 
 
-class SegmentationLossGK(io.ComfyNode):
+class SegmentationLossGK(GuideKitNode):
     NODE = "GuideKit Segmentation Loss"
 
     @classmethod
@@ -218,7 +219,7 @@ class SegmentationLossGK(io.ComfyNode):
         return io.NodeOutput(chain(loss, LossTerm("segmentation", weight, fn, spatial=True)))
 
 
-class SketchLossGK(io.ComfyNode):
+class SketchLossGK(GuideKitNode):
     NODE = "GuideKit Sketch Loss"
 
     @classmethod

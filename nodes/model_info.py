@@ -18,12 +18,13 @@ from safetensors import safe_open
 
 import comfy.model_detection
 import comfy.samplers
-import folder_paths
 
+from . import files
 from .branch import sigma_range_of
 from .layers import Architecture, architecture_of, format_layers, parse_layers
 
 NODE = "GuideKit model info"
+MAX_SIGMAS = 10000              # KSampler's own step limit: a schedule view never computes more
 # loader node → (model folder, widget holding the file name); the frontend walks MODEL links up to one
 LOADERS = {"CheckpointLoaderSimple": ("checkpoints", "ckpt_name"),
            "CheckpointLoader": ("checkpoints", "ckpt_name"),
@@ -62,19 +63,13 @@ class ModelDescription:
 
 
 def resolve(folder: str, name: str) -> Path:
-    """The file a loader's widget names, or ValueError saying what is missing."""
+    """The file a loader's widget names, or ValueError (the same for a missing and a forbidden name)."""
     if folder == "guidekit_mnist":
-        from .demo_mnist import WEIGHTS_DIR
-        path = WEIGHTS_DIR / name
-        if path.is_file() and path.resolve().parent == WEIGHTS_DIR.resolve():
-            return path
-        raise ValueError(f"{NODE}: no MNIST demo weights {name!r} in {WEIGHTS_DIR}")
+        from .demo_mnist import WEIGHTS_DIR, weight_files
+        return files.pack_file(WEIGHTS_DIR, weight_files(), name, NODE, "name")
     if folder not in FOLDERS:
         raise ValueError(f"{NODE}: folder {folder!r} is not one GuideKit describes; use one of {sorted(FOLDERS)}")
-    found = folder_paths.get_full_path(folder, name)
-    if found is None:
-        raise ValueError(f"{NODE}: no file {name!r} in the {folder} folder")
-    return Path(found)
+    return files.model_file(folder, name, NODE, "name")
 
 
 def meta_state_dict(path: Path) -> tuple[dict, dict]:
@@ -82,13 +77,16 @@ def meta_state_dict(path: Path) -> tuple[dict, dict]:
     if path.suffix not in (".safetensors", ".sft"):
         raise ValueError(f"{NODE}: {path.name} is not a safetensors file; only those can be described "
                          "without loading them")
-    with safe_open(str(path), framework="pt") as f:
-        metadata = f.metadata() or {}
-        sd = {}
-        for key in f.keys():
-            piece = f.get_slice(key)
-            sd[key] = torch.empty(piece.get_shape(), dtype=DTYPES.get(piece.get_dtype(), torch.float32),
-                                  device="meta")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            metadata = f.metadata() or {}
+            sd = {}
+            for key in f.keys():
+                piece = f.get_slice(key)
+                sd[key] = torch.empty(piece.get_shape(), dtype=DTYPES.get(piece.get_dtype(), torch.float32),
+                                      device="meta")
+    except Exception as e:                      # the deserializer's own error types differ by version
+        raise files.unreadable(NODE, "name", path.name, e) from e
     return sd, metadata
 
 
@@ -105,11 +103,10 @@ def describe_module(dm, model_sampling) -> ModelDescription:
 
 @lru_cache(maxsize=16)
 def _describe(path: str, mtime: float, folder: str) -> ModelDescription:
-    if folder == "guidekit_mnist":
-        from .demo_mnist import build_model, read_metadata
-        config = json.loads(read_metadata(Path(path)).get("guidekit.unet_config", "{}"))
-        with torch.device("meta"):
-            model = build_model(config, device=torch.device("meta"))
+    if folder == "guidekit_mnist":         # weights on the meta device; the schedule is real (it holds numbers)
+        from .demo_mnist import build_model
+        config = json.loads(files.metadata_of(Path(path), NODE, "name", Path(path).name).get("guidekit.unet_config", "{}"))
+        model = build_model(config, device=torch.device("meta"))
         return describe_module(model.diffusion_model, model.model_sampling)
     sd, metadata = meta_state_dict(Path(path))
     prefix = "" if folder in ("diffusion_models", "unet") else comfy.model_detection.unet_prefix_from_state_dict(sd)
@@ -146,10 +143,19 @@ def schedule(model_sampling, scheduler: str, sampler: str, steps: int, denoise: 
              node: str = NODE) -> dict:
     """The sampler's σ for each step, as KSampler computes them, and which steps the node's range covers."""
     if scheduler not in comfy.samplers.SCHEDULER_HANDLERS:
-        raise ValueError(f"{node}: unknown scheduler {scheduler!r}")
-    if not 1 <= steps <= 10000:
-        raise ValueError(f"{node}: steps must be between 1 and 10000, got {steps}")
-    total = steps if denoise > 0.9999 else int(steps / max(denoise, 1e-4))
+        raise ValueError(f"{node}: unknown scheduler {scheduler[:40]!r}; one of {list(comfy.samplers.SCHEDULER_HANDLERS)}")
+    if sampler not in comfy.samplers.KSampler.SAMPLERS:
+        raise ValueError(f"{node}: unknown sampler {sampler[:40]!r}; one of {comfy.samplers.KSampler.SAMPLERS}")
+    if not 1 <= steps <= MAX_SIGMAS:
+        raise ValueError(f"{node}: steps must be between 1 and {MAX_SIGMAS}, got {steps}")
+    if not 0.0 < denoise <= 1.0:
+        raise ValueError(f"{node}: denoise must be above 0 and at most 1, got {denoise}")
+    if not (0.0 <= start_percent <= 1.0 and 0.0 <= end_percent <= 1.0):
+        raise ValueError(f"{node}: start_percent and end_percent must be between 0 and 1")
+    total = steps if denoise > 0.9999 else int(steps / denoise)
+    if total > MAX_SIGMAS:
+        raise ValueError(f"{node}: steps / denoise = {total} schedule steps; the schedule view computes at most "
+                         f"{MAX_SIGMAS} (raise denoise or lower steps)")
     discard = sampler in comfy.samplers.KSampler.DISCARD_PENULTIMATE_SIGMA_SAMPLERS
     sigmas = comfy.samplers.calculate_sigmas(model_sampling, scheduler, total + int(discard))
     if discard:

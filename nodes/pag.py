@@ -6,6 +6,7 @@ from comfy_api.latest import io
 from ..guidance.pag import joint_identity_attention
 from .branch import patch_with_branch
 from .common import CATEGORY, LAYERS_TOOLTIP, branch_inputs, range_inputs, sigma_override_inputs
+from .validation import GuideKitNode
 
 NODE = "GuideKit PAG"
 
@@ -15,7 +16,7 @@ def identity_perturbation(q, k, v, grid):
     return joint_identity_attention(q, k, v, grid[0] * grid[1])
 
 
-class PerturbedAttentionGuidanceGK(io.ComfyNode):
+class PerturbedAttentionGuidanceGK(GuideKitNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
         return io.Schema(

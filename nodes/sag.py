@@ -12,6 +12,7 @@ from .attention_hooks import image_grid, install
 from .branch import run_calc, sigma_range
 from .common import CATEGORY, range_inputs, sigma_override_inputs
 from .layers import Architecture, Layer, architecture, format_layers, parse_layers
+from .validation import GuideKitNode
 
 NODE = "GuideKit SAG"
 
@@ -72,7 +73,7 @@ class SelfAttentionGuidance:
         return denoised + self.scale * (degraded - sag)
 
 
-class SelfAttentionGuidanceGK(io.ComfyNode):
+class SelfAttentionGuidanceGK(GuideKitNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
         return io.Schema(

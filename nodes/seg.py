@@ -6,6 +6,7 @@ from comfy_api.latest import io
 from ..guidance.seg import blur_image_queries
 from .common import CATEGORY, LAYERS_TOOLTIP, branch_inputs, range_inputs, sigma_override_inputs
 from .branch import patch_with_branch
+from .validation import GuideKitNode
 
 NODE = "GuideKit SEG"
 
@@ -17,7 +18,7 @@ def blurred_queries(sigma: float):
     return perturbation
 
 
-class SmoothedEnergyGuidanceGK(io.ComfyNode):
+class SmoothedEnergyGuidanceGK(GuideKitNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
         return io.Schema(

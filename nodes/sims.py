@@ -16,6 +16,9 @@ from comfy.weight_adapter import LoRAAdapter
 from comfy_api.latest import io
 
 from ..guidance.sims import denoising_loss
+from . import compat
+from .autograd import InPlaceSafe, autograd_ready
+from .validation import GuideKitNode
 
 NODE = "GuideKit SIMS LoRA"
 CATEGORY = "GuideKit/dual model"
@@ -69,9 +72,10 @@ def train_lora(model, latents: torch.Tensor, positive: list, steps: int, batch_s
                rank: int, seed: int, progress=None):
     """A clone of `model` carrying a LoRA fine-tuned on (latents, positive); returns (clone, parameters, losses)."""
     m = model.clone()
-    with torch.inference_mode(False), torch.enable_grad():
+    with compat.gradients():
         params = add_lora(m, rank, seed)
         comfy.model_management.load_models_gpu([m], force_full_load=True)
+        autograd_ready(m.model.diffusion_model)    # parameters outside ComfyUI's layers (e.g. Flux RMSNorm scales)
         base = m.model
         device = m.load_device
         data = base.process_latent_in(latents.clone().to(device, torch.float32))
@@ -80,6 +84,7 @@ def train_lora(model, latents: torch.Tensor, positive: list, steps: int, batch_s
         optimizer = torch.optim.AdamW(params.values(), lr=learning_rate)
         gen = torch.Generator().manual_seed(seed)
         losses = []
+        backward = InPlaceSafe(NODE)
         for step in range(steps):
             picks = torch.randperm(data.shape[0], generator=gen)[:batch_size]
             clean = data[picks]
@@ -87,10 +92,15 @@ def train_lora(model, latents: torch.Tensor, positive: list, steps: int, batch_s
             sigma = torch.stack([torch.as_tensor(float(ms.percent_to_sigma(float(v)))) for v in u]).to(device)
             noise = torch.randn(clean.shape, generator=gen).to(device)
             noisy = ms.noise_scaling(sigma, noise, clean)
-            denoised = base.apply_model(noisy, sigma, **batch_inputs(conds, picks, data.shape[0], device))
-            loss = denoising_loss(denoised.float(), clean, sigma)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            inputs = batch_inputs(conds, picks, data.shape[0], device)
+
+            def forward_backward() -> torch.Tensor:
+                optimizer.zero_grad(set_to_none=True)
+                with backward.saving():
+                    loss = denoising_loss(base.apply_model(noisy, sigma, **inputs).float(), clean, sigma)
+                loss.backward()
+                return loss
+            loss = backward.run(forward_backward)
             optimizer.step()
             losses.append(float(loss.detach()))
             if progress is not None:
@@ -100,7 +110,7 @@ def train_lora(model, latents: torch.Tensor, positive: list, steps: int, batch_s
     return m, params, losses
 
 
-class SIMSLoRAGK(io.ComfyNode):
+class SIMSLoRAGK(GuideKitNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
         return io.Schema(

@@ -9,6 +9,7 @@ from ..guidance.tsg import perturbed_time_embedding
 from .branch import sigma_range
 from .common import range_inputs, sigma_override_inputs
 from .negative_swap import replace_uncond, step_generator
+from .validation import GuideKitNode
 
 NODE = "GuideKit TSG"
 CATEGORY = "GuideKit/condition"
@@ -59,7 +60,7 @@ class TimeEmbeddingNoise:
             handle.remove()
 
 
-class TimestepGuidanceGK(io.ComfyNode):
+class TimestepGuidanceGK(GuideKitNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
         return io.Schema(

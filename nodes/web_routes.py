@@ -7,11 +7,15 @@
                           [&sigma_start=&sigma_end=]        → σ per step and which steps are active
     GET /guidekit/costs                                     → extra model passes per step of each node
 
-Every failure is a JSON {"error": message} with status 400; nothing here raises into the server.
+Every failure is a JSON {"error": message} with status 400; nothing here raises into the server. Parameters
+are bounded (schedule: 1-10000 steps, 0 < denoise ≤ 1, at most 10000 σ) and the work runs off the event loop.
 """
 from __future__ import annotations
 
+import asyncio
 import logging
+import math
+from concurrent.futures import ThreadPoolExecutor
 
 from aiohttp import web
 
@@ -21,32 +25,62 @@ from .model_info import LOADERS, default_model_sampling, describe, schedule
 _registered = False
 
 
+# Route work (file headers, a meta-device model, σ schedules) runs on these threads, never on the server's
+# event loop: a slow request must not hold up the queue, the websocket or any other route. Two threads bound
+# what a flood of requests can take from the sampler.
+_WORKERS = ThreadPoolExecutor(max_workers=2, thread_name_prefix="guidekit-route")
+TIMEOUT_S = 10.0
+
+
 def _error(message: str) -> web.Response:
     return web.json_response({"error": message}, status=400)
 
 
+async def _answer(work) -> web.Response:
+    """Run `work()` off the event loop; its dict as JSON, or its error as a JSON 400 (never an exception)."""
+    try:
+        loop = asyncio.get_running_loop()
+        return web.json_response(await asyncio.wait_for(loop.run_in_executor(_WORKERS, work), TIMEOUT_S))
+    except asyncio.TimeoutError:
+        return _error(f"GuideKit: the request took longer than {TIMEOUT_S:g} s and was abandoned")
+    except Exception as err:                          # a bad file or parameter must not take the server down
+        return _error(str(err))
+
+
+def _number(query, name: str, default: float, kind=float) -> float:
+    text = query.get(name)
+    if text is None:
+        return default
+    try:
+        value = kind(text)
+    except ValueError:
+        raise ValueError(f"GuideKit schedule: parameter '{name}' = {text[:40]!r} is not a number") from None
+    if not math.isfinite(value):
+        raise ValueError(f"GuideKit schedule: parameter '{name}' = {text[:40]!r} is not a finite number")
+    return value
+
+
 async def model_route(request: web.Request) -> web.Response:
     q = request.rel_url.query
-    try:
+
+    def work() -> dict:
         described = describe(q.get("folder", ""), q.get("name", ""))
         body = described.to_json()
         if "layers" in q:
             body.update(described.selection(q["layers"]))
-        return web.json_response(body)
-    except Exception as err:                          # a bad file must not take the server down
-        return _error(str(err))
+        return body
+    return await _answer(work)
 
 
 async def schedule_route(request: web.Request) -> web.Response:
     q = request.rel_url.query
-    try:
-        ms = describe(q["folder"], q["name"]).model_sampling if q.get("name") else default_model_sampling()
-        return web.json_response(schedule(
-            ms, q.get("scheduler", "normal"), q.get("sampler", "euler"), int(q.get("steps", 20)),
-            float(q.get("denoise", 1.0)), float(q.get("start_percent", 0.0)), float(q.get("end_percent", 1.0)),
-            float(q.get("sigma_start", -1.0)), float(q.get("sigma_end", -1.0)), q.get("node", "GuideKit")))
-    except Exception as err:
-        return _error(str(err))
+
+    def work() -> dict:
+        ms = describe(q.get("folder", ""), q["name"]).model_sampling if q.get("name") else default_model_sampling()
+        return schedule(ms, q.get("scheduler", "normal"), q.get("sampler", "euler"), int(_number(q, "steps", 20, int)),
+                        _number(q, "denoise", 1.0), _number(q, "start_percent", 0.0), _number(q, "end_percent", 1.0),
+                        _number(q, "sigma_start", -1.0), _number(q, "sigma_end", -1.0), q.get("node", "GuideKit")[:80])
+    return await _answer(work)
 
 
 async def costs_route(request: web.Request) -> web.Response:

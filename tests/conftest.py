@@ -42,11 +42,30 @@ def models_dir(tmp_path_factory, comfy) -> Path:
 
 
 @pytest.fixture(scope="session")
-def server(models_dir):
-    """One real ComfyUI server (main.py --cpu on loopback) with the pack in custom_nodes."""
+def server(models_dir, tmp_path_factory):
+    """One real ComfyUI server (main.py --cpu on loopback) with the pack in custom_nodes and its own input folder."""
     from guidekit.run import ComfyServer
-    srv = ComfyServer(Path(os.environ["COMFYUI_PATH"]), models_dir).start()
+    srv = ComfyServer(Path(os.environ["COMFYUI_PATH"]), models_dir,
+                      input_dir=tmp_path_factory.mktemp("comfyui-input")).start()
     yield srv
     srv.stop()
     for trained in (models_dir / "guidekit_refiners").glob("guidekit_template_refiner_*.safetensors"):
         trained.unlink()                                  # written by the mnist_train_flow_refiner template
+
+
+@pytest.fixture(scope="module", params=["host_frontend", "extra_frontend"])
+def frontend_server(request, models_dir):
+    """A ComfyUI server per frontend, for the browser tests: the frontend the host ships with, and the
+    frontend package whose static folder $GUIDEKIT_EXTRA_FRONTEND names (scripts/host.py sets it)."""
+    from guidekit.run import ComfyServer
+    root = None
+    if request.param == "extra_frontend":
+        if not os.environ.get("GUIDEKIT_EXTRA_FRONTEND"):
+            pytest.skip("GUIDEKIT_EXTRA_FRONTEND is not set: no extra frontend to test (scripts/host.py sets it "
+                        "once the newest comfyui-frontend-package is installed)")
+        root = Path(os.environ["GUIDEKIT_EXTRA_FRONTEND"])
+        if not (root / "index.html").is_file():
+            pytest.fail(f"GUIDEKIT_EXTRA_FRONTEND={root} is not a frontend's static folder (no index.html)")
+    srv = ComfyServer(Path(os.environ["COMFYUI_PATH"]), models_dir, front_end_root=root).start()
+    yield srv
+    srv.stop()

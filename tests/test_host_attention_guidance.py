@@ -159,11 +159,15 @@ def test_stacking_with_core_nodes_keeps_both(thin, models, stack):
 
 
 def test_core_pag_is_a_no_op_on_chroma_and_ours_is_not(thin, models):
-    """ComfyUI#12177: core PAG patches UNet attn1 only, so on a DiT it silently changes nothing."""
+    """ComfyUI#12177: core PAG patches UNet attn1 only, so on a DiT it silently changes nothing.
+
+    Core's "perturbed" pass is an ordinary conditional pass in a call of another batch size, so its result
+    differs from plain CFG by float rounding alone: below 1 % of the change our PAG makes (not bit-equal,
+    since BLAS kernels differ between batch shapes and CPUs)."""
     base = models["chroma"]
-    plain = thin.sample(base, "chroma")
-    assert not changed(thin.sample(core_pag(base), "chroma"), plain, 0.0)
-    assert changed(thin.sample(pag(base), "chroma"), plain, 0.1)
+    plain, ours = thin.sample(base, "chroma"), thin.sample(pag(base), "chroma")
+    assert changed(ours, plain, 0.1)
+    assert_same_guidance(thin.sample(core_pag(base), "chroma"), plain, ours)
 
 
 # --- gating, chunking, rescale, adaptive scale ---------------------------------------------------------

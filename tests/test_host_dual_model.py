@@ -132,6 +132,37 @@ def test_a_twin_dies_with_the_patched_model(thin, nodes):
     assert ref() is None
 
 
+class HostBuffer:
+    """Stands for what a dynamic-VRAM patcher (ComfyUI ≥ 0.4, NVIDIA) keeps on the model object: pinned host
+    memory that must never be copied."""
+
+    def __deepcopy__(self, memo):
+        raise TypeError("a host buffer cannot be copied")
+
+    def __reduce_ex__(self, protocol):
+        raise TypeError("a host buffer cannot be copied")
+
+
+def test_a_twin_copies_nothing_the_model_object_holds(thin, nodes):
+    """The twin is a new module tree over the same tensors: the model's config, buffers and any load state on
+    the model object (host buffers, patcher bookkeeping) are shared or dropped, never deep-copied."""
+    base = thin.build("sd15", seed=0, std=0.05)
+    base.model.dynamic_pins = {"cpu": HostBuffer()}
+    try:
+        main, weak = lora_for(base, 1.0), lora_for(base, 0.3)
+        patched = ag(nodes, main, weak, w=2.0)
+        twin = patched.additional_models["guidekit_weak_model"][0].model
+        assert twin is not base.model and "dynamic_pins" not in twin.__dict__
+        assert twin.model_config is base.model.model_config
+        assert all(a is b for a, b in zip(twin.buffers(), base.model.buffers()))
+        assert type(patched.additional_models["guidekit_weak_model"][0]).__name__ == "ModelPatcher"
+        d_main = thin.sample(main, "sd15", cfg=1.0, **ONE)
+        d_weak = thin.sample(weak, "sd15", cfg=1.0, **ONE)
+        assert_close(thin.sample(patched, "sd15", cfg=1.0, **ONE), torch.lerp(d_weak, d_main, 2.0), "twin guidance")
+    finally:
+        del base.model.dynamic_pins
+
+
 def test_input_models_are_left_unchanged(thin, nodes):
     main, weak = thin.build("sd15", seed=0), thin.build("sd15", seed=1)
     before = (dict(main.model_options), dict(main.additional_models), main.patches_uuid)
@@ -200,23 +231,30 @@ def test_a_weak_model_with_another_schedule_is_refused(thin, nodes):
         ag(nodes, main, weak)
 
 
-def test_sims_lora_trains_and_guides_on_the_same_loaded_model(thin, nodes):
-    """SIMS: a LoRA fine-tuned on the model's own samples is a different model on the same file's weights."""
+@pytest.mark.parametrize("arch", ["sd15", "flux", "chroma"])
+def test_sims_lora_trains_and_guides_on_the_same_loaded_model(thin, nodes, arch):
+    """SIMS: a LoRA fine-tuned on the model's own samples is a different model on the same file's weights.
+    Flux and Chroma: training backpropagates through their RoPE attention (a kernel without autograd on
+    current ComfyUI unless GuideKit's compat layer switches it to the differentiable form)."""
+    import comfy.model_management
+    flag = getattr(comfy.model_management, "in_training", None)
+    cfg = 1.0
     with torch.inference_mode():           # as in the server: weights, latents and the node run in inference mode
-        main = thin.build("sd15", seed=0, std=0.05)
-        latents = thin.sample(main, "sd15", cfg=1.0, batch=4, steps=2)
-        positive = thin.conditioning("sd15", batch=4, seed=1)
+        main = thin.build(arch, seed=0, std=0.05)
+        latents = thin.sample(main, arch, cfg=cfg, batch=4, steps=2)
+        positive = thin.conditioning(arch, batch=4, seed=1)
         node = nodes[1].SIMSLoRAGK
         sims_model, lora, loss = node.execute(main, {"samples": latents}, positive, 5, 2, 1e-2, 4, 0).result
+    assert getattr(comfy.model_management, "in_training", None) == flag, "the host's training flag was left changed"
     assert sims_model.model is main.model and lora and all(torch.isfinite(v).all() for v in lora.values())
     assert loss > 0 and not any(p.requires_grad for p in lora.values())
-    d_main = thin.sample(main, "sd15", cfg=1.0, **ONE)
-    d_sims = thin.sample(sims_model, "sd15", cfg=1.0, **ONE)
+    d_main = thin.sample(main, arch, cfg=cfg, **ONE)
+    d_sims = thin.sample(sims_model, arch, cfg=cfg, **ONE)
     assert (d_main - d_sims).abs().max() > 1e-4, "training changed nothing"
     omega = 1.5
-    guided = thin.sample(ag(nodes, main, sims_model, w=1.0 + omega), "sd15", cfg=1.0, **ONE)
+    guided = thin.sample(ag(nodes, main, sims_model, w=1.0 + omega), arch, cfg=cfg, **ONE)
     assert_close(guided, d_main + omega * (d_main - d_sims), "SIMS: D_base + ω(D_base − D_sims)")
-    assert_close(thin.sample(main, "sd15", cfg=1.0, **ONE), d_main, "base after", tol=1e-6)
+    assert_close(thin.sample(main, arch, cfg=cfg, **ONE), d_main, "base after", tol=1e-6)
     with pytest.raises(ValueError, match="input 'latents'"):
         node.execute(main, {"samples": latents[:1]}, positive, 5, 2, 1e-2, 4, 0)
 

@@ -109,7 +109,8 @@ def test_demo_nodes_digits_and_errors(comfy):
     assert demo_mnist.MNISTDigits.execute("none").result[0][0][0].argmax(-1).item() == demo_mnist.NULL
     with pytest.raises(ValueError, match="GuideKit MNIST Digits: input 'digits' = 'seven'.*'0123456789'"):
         demo_mnist.MNISTDigits.execute("seven")
-    with pytest.raises(ValueError, match="GuideKit MNIST Demo Loader: input 'weights' = 'nope.safetensors' not found"):
+    with pytest.raises(ValueError, match="GuideKit MNIST Demo Loader: input 'weights' = 'nope.safetensors' is not one "
+                                         "of its options"):
         demo_mnist.MNISTDemoLoader.execute("nope.safetensors")
     model, vae = demo_mnist.MNISTDemoLoader.execute("mnist-main.safetensors").result
     assert model.model.latent_format.latent_channels == 3 and vae.latent_channels == 3

@@ -73,10 +73,10 @@ def test_a_refiner_for_another_latent_format_is_a_clear_error(fr, sd15_refiner):
 def test_missing_and_foreign_files_are_clear_errors(fr, models_dir):
     from safetensors.torch import save_file
     with pytest.raises(ValueError, match="GuideKit Flow Refiner Loader: input 'refiner_name' = 'nope.safetensors' "
-                                         "was not found"):
+                                         "is not one of its options"):
         fr.FlowRefinerLoaderGK.execute("nope.safetensors")
-    with pytest.raises(ValueError, match="not a .safetensors file"):
-        fr.FlowRefinerLoaderGK.execute("weights.ckpt")
+    with pytest.raises(ValueError, match="'weights.ckpt' is not a file of the 'guidekit_refiners' model folder"):
+        fr.load_refiner_file("weights.ckpt")
     save_file({"w": torch.zeros(1)}, str(models_dir / fr.FOLDER / "foreign.safetensors"))
     try:
         with pytest.raises(ValueError, match="input 'refiner_name' = 'foreign.safetensors': .*not a GuideKit flow refiner"):

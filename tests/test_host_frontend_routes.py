@@ -39,7 +39,7 @@ def test_described_layers_are_the_built_models_layers(info, thin, tmp_path, arch
     assert len(described.layers) > 1
 
 
-def test_real_size_flux_described_from_its_state_dict(info, comfy):
+def test_real_size_flux_described_from_its_state_dict(info, comfy, thin):
     """ComfyUI's Flux detection fixes 24 heads of 128 channels, so thin widths cannot be detected: a full-width
     Flux (3 double, 4 single blocks) built on the meta device gives the state dict instead."""
     import comfy.supported_models
@@ -47,7 +47,8 @@ def test_real_size_flux_described_from_its_state_dict(info, comfy):
     config = {"image_model": "flux", "guidance_embed": True, "in_channels": 16, "out_channels": 16, "vec_in_dim": 768,
               "context_in_dim": 4096, "hidden_size": 3072, "mlp_ratio": 4.0, "num_heads": 24, "depth": 3,
               "depth_single_blocks": 4, "axes_dim": [16, 56, 56], "theta": 10000, "patch_size": 2, "qkv_bias": True}
-    model = comfy.supported_models.Flux(config).get_model({}, device=torch.device("meta"))
+    model = comfy.supported_models.Flux(thin.host_config(comfy.supported_models.Flux, config)).get_model(
+        {}, device=torch.device("meta"))
     sd = {f"model.diffusion_model.{k}": v for k, v in model.diffusion_model.state_dict().items()}
     described = model_info.describe_state_dict(sd, {}, "model.diffusion_model.", "flux")
     assert described.family == "flux"
@@ -67,18 +68,24 @@ def test_checkpoint_file_described_like_comfyui_loads_it(info, models_dir):
 
 
 def test_mnist_demo_weights_are_described(info):
+    """What the routes answer for the pack's own loader: serialisable description and a real schedule."""
+    import json
     model_info, _, _ = info
     d = model_info.describe("guidekit_mnist", "mnist-main.safetensors")
     assert d.family == "unet" and "middle.0.0" in d.layers
+    body = json.loads(json.dumps(d.to_json()))
+    assert body["sigma_max"] > body["sigma_min"] > 0
+    got = model_info.schedule(d.model_sampling, "normal", "euler", 6, 1.0, 0.0, 0.5)
+    assert len(got["sigmas"]) == 7 and got["active"][0] and not got["active"][-1]
 
 
 def test_unknown_files_and_folders_are_clear_errors(info, tmp_path):
     model_info, _, _ = info
-    with pytest.raises(ValueError, match="no file 'nope.safetensors' in the checkpoints folder"):
+    with pytest.raises(ValueError, match="'nope.safetensors' is not a file of the 'checkpoints' model folder"):
         model_info.describe("checkpoints", "nope.safetensors")
     with pytest.raises(ValueError, match="folder 'loras' is not one GuideKit describes"):
         model_info.describe("loras", "x.safetensors")
-    with pytest.raises(ValueError, match="no MNIST demo weights"):
+    with pytest.raises(ValueError, match="is not one of the pack's files"):
         model_info.describe("guidekit_mnist", "../../README.md")
 
 
@@ -101,6 +108,15 @@ def test_schedule_rejects_bad_input(info, thin):
         model_info.schedule(ms, "nope", "euler", 10, 1.0, 0.0, 1.0)
     with pytest.raises(ValueError, match="'start_percent' .* is after 'end_percent'"):
         model_info.schedule(ms, "normal", "euler", 10, 1.0, 0.8, 0.2)
+    with pytest.raises(ValueError, match="unknown sampler 'nope'"):
+        model_info.schedule(ms, "normal", "nope", 10, 1.0, 0.0, 1.0)
+    for denoise in (0.0, -1.0, 1.5):
+        with pytest.raises(ValueError, match="denoise must be above 0 and at most 1"):
+            model_info.schedule(ms, "normal", "euler", 10, denoise, 0.0, 1.0)
+    with pytest.raises(ValueError, match="steps / denoise = 1000000 schedule steps"):
+        model_info.schedule(ms, "normal", "euler", 100, 0.0001, 0.0, 1.0)
+    with pytest.raises(ValueError, match="steps must be between 1 and 10000"):
+        model_info.schedule(ms, "normal", "euler", 10001, 1.0, 0.0, 1.0)
 
 
 class StepRows:

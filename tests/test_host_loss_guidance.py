@@ -142,20 +142,28 @@ def test_sketch_clip_image_and_chained_losses_are_lowered(thin, lg, taesd, clip_
 
 
 def test_batch_images_are_guided_independently(thin, lg, taesd, clip_loss):
-    """Per-image losses: image 0 of a batch of 2 is image 0 alone (copies off). A fixed step: Polyak's
-    ‖ε‖/‖∇‖² on this random model's tiny gradients amplifies float noise of the batch size (per-image
-    norms are checked in the math tier)."""
-    guided = guide(lg, thin.build("sd15"), taesd, clip_loss[0], "FreeDoM", "fixed", 100.0)
+    """Per-image losses and step sizes: image 0's guided step is the same alone, in a batch of 2, and beside
+    another image 1. One step, so the comparison sees the guidance itself and not sampling's amplification
+    of rounding (rows of batches of different sizes meet different BLAS kernels on different CPUs); the
+    tolerance is 1 % of image 0's guidance change, which leaking another image's loss would exceed."""
     import comfy.sample
-    noise = torch.randn(thin.latent_shape("sd15", 2), generator=torch.Generator().manual_seed(3))
-    outs = []
-    for rows in (2, 1):
+    model = thin.build("sd15")
+    guided = guide(lg, model, taesd, clip_loss[0], "FreeDoM", "fixed", 100.0)
+    noise = torch.randn(thin.latent_shape("sd15", 3), generator=torch.Generator().manual_seed(3))
+
+    def one_step(m, rows):
         with torch.inference_mode():
             cond = thin.conditioning("sd15", 1, seed=1)
-            outs.append(comfy.sample.sample(guided, noise[:rows], STEPS, 1.0, "euler", "normal", cond, cond,
-                                            torch.zeros_like(noise[:rows]), seed=0, disable_pbar=True))
-    assert patch_of(lg, guided).last.change.abs().max() > 1e-3
-    torch.testing.assert_close(outs[0][:1], outs[1], atol=2e-3, rtol=1e-5)   # thin model: |x| ≈ 300
+            x = noise[rows]
+            return comfy.sample.sample(m, x, 1, 1.0, "euler", "normal", cond, cond, torch.zeros_like(x), seed=0,
+                                       disable_pbar=True)[:1]
+
+    alone, unguided = one_step(guided, [0]), one_step(model, [0])
+    effect = (alone - unguided).abs().max().item()
+    assert effect > 1e-2, f"the guidance changed nothing (max |Δ| = {effect:.2e})"
+    for rows in ([0, 1], [0, 2]):
+        error = (one_step(guided, rows) - alone).abs().max().item()
+        assert error <= 1e-2 * effect, f"image 0 beside image {rows[1]}: |Δ| {error:.3e} vs effect {effect:.3e}"
 
 
 def test_per_image_targets_follow_their_image(thin, lg):
@@ -198,15 +206,20 @@ def test_tiny_decoder_and_augmentation_and_recurrence_run(thin, lg, taesd, clip_
     assert (outs["full"] - outs["recur"]).abs().max() > 1e-5
 
 
-@pytest.mark.parametrize("arch", ["sdxl", "sd3", "flux"])
+@pytest.mark.parametrize("arch", ["sdxl", "sd3", "flux", "chroma"])
 def test_other_architectures_are_guided(thin, lg, clip_loss, arch):
-    """SDXL (ε), SD3 and Flux (rectified flow; Flux's blocks update activations in place)."""
+    """SDXL (ε), SD3, Flux and Chroma (rectified flow; Flux's blocks update activations in place, and its RoPE
+    is a kernel without autograd on current ComfyUI unless the compat layer selects the differentiable form;
+    the host's flag is restored after each guided step)."""
+    import comfy.model_management
+    flag = getattr(comfy.model_management, "in_training", None)
     with torch.inference_mode():
         vae = thin.taesd_vae(thin.SPECS[arch].latent_channels, seed=1)
     model = thin.build(arch)
     guided = guide(lg, model, vae, clip_loss[0], "FreeDoM", "polyak", 2.0)
-    cfg = 1.0 if arch == "flux" else 2.0
+    cfg = 1.0 if arch in ("flux", "chroma") else 2.0
     out = sample(thin, guided, arch, cfg=cfg)
+    assert getattr(comfy.model_management, "in_training", None) == flag
     assert torch.isfinite(out).all()
     assert (out - sample(thin, model, arch, cfg=cfg)).abs().max() > 1e-5
     last = patch_of(lg, guided).last
@@ -236,10 +249,11 @@ def test_bad_inputs_name_the_node_and_input(thin, lg, taesd, clip_loss):
     nodes = lg[1]
     model = thin.build("sd15")
     with torch.inference_mode():
-        with pytest.raises(ValueError, match="Guidance Network Loader: input 'network_name' = 'missing.safetensors' was not found"):
+        with pytest.raises(ValueError, match="Guidance Network Loader: input 'network_name' = 'missing.safetensors' is "
+                                             "not one of its options"):
             nodes.NetworkLoaderGK.execute("missing.safetensors", "auto", "auto", 0)
-        with pytest.raises(ValueError, match="not a .safetensors file"):
-            nodes.NetworkLoaderGK.execute("net.pt", "auto", "auto", 0)
+        with pytest.raises(ValueError, match="'net.pt' is not a file of the 'guidekit_networks' model folder"):
+            lg[2].load_network("net.pt", "auto", "auto", 0)
         with pytest.raises(ValueError, match="does not fit architecture 'guidekit:digit-cnn'"):
             nodes.NetworkLoaderGK.execute(thin.SEGMENTATION_FILE, "guidekit:digit-cnn", "auto", 0)
         with pytest.raises(ValueError, match="OpenCLIP Loader: input 'architecture' = 'nope' is not an open_clip model"):

@@ -74,7 +74,8 @@ def test_pack_root_imports_without_comfyui():
     """The pack's __init__ registers lazily, so the runner and the math import with no host on sys.path."""
     import subprocess
     import sys
-    code = ("import sys; sys.path = [p for p in sys.path if 'comfyui' not in p.lower()]; "
+    code = ("import os, sys; root = os.path.realpath(os.environ['COMFYUI_PATH']); "
+            "sys.path = [p for p in sys.path if os.path.realpath(p or '.') != root]; "
             "import guidekit, guidekit.run, guidekit.guidance.combine; "
             "assert 'comfy' not in sys.modules and 'comfy_api' not in sys.modules; print('ok')")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)

@@ -10,6 +10,7 @@ and VAE weights, the pack's embedded default model until a trained one replaces 
 """
 from __future__ import annotations
 
+import importlib
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -98,11 +99,22 @@ def init_weights(module: torch.nn.Module, seed: int, std: float = 0.02) -> torch
     return module
 
 
+def host_config(config_class: type, unet_config: dict) -> dict:
+    """`unet_config` with the fields this ComfyUI's DiT parameter class also requires (GuideKit's compat module)."""
+    from guidekit.nodes.compat import complete_dit_config
+    params = {"flux": "comfy.ldm.flux.model.FluxParams", "chroma": "comfy.ldm.chroma.model.ChromaParams"}
+    name = params.get(unet_config.get("image_model", ""))
+    if name is None:
+        return dict(unet_config)
+    module, _, cls = name.rpartition(".")
+    return complete_dit_config(getattr(importlib.import_module(module), cls), unet_config)
+
+
 def seeded_patcher(config_class: type, unet_config: dict, seed: int,
                    std: float = 0.02) -> "comfy.model_patcher.ModelPatcher":
     """ComfyUI's model for `config_class` + `unet_config` on the CPU, weights seeded, in a ModelPatcher."""
     cpu = torch.device("cpu")
-    config = config_class(dict(unet_config))
+    config = config_class(host_config(config_class, unet_config))
     config.set_inference_dtype(torch.float32, None)
     model = config.get_model({}, device=cpu)
     init_weights(model.diffusion_model, seed, std)
