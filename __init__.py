@@ -1,7 +1,7 @@
 """GuideKit: diffusion guidance methods for ComfyUI (registration only; see README.md).
 
 Nothing here imports ComfyUI at module level, so `guidance/`, `postprocess/` and the headless runner
-(`python -m guidekit.run`) import without a host; ComfyUI calls `comfy_entrypoint` when it loads us.
+(`python -m guidekit.cli.run`) import without a host; ComfyUI calls `comfy_entrypoint` when it loads us.
 """
 WEB_DIRECTORY = "./web"
 

@@ -16,7 +16,6 @@ import json
 import os
 import platform
 import statistics
-import sys
 import threading
 import time
 from pathlib import Path
@@ -24,7 +23,10 @@ from pathlib import Path
 import torch
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO / "tests"))
+from guidekit.cli.inprocess import import_comfy
+
+import_comfy()                   # ComfyUI in-process (CPU) before anything below imports it
+
 import thin_models  # noqa: E402  (imports ComfyUI in-process, CPU)
 from attention_nodes import core_pag, core_sag, pag, sag, seg  # noqa: E402
 
@@ -33,7 +35,8 @@ UNET = thin_models.UNET_COMMON
 BENCH_MODELS = {
     "sd15": (thin_models.comfy.supported_models.SD15, {
         **UNET, "model_channels": 64, "channel_mult": [1, 2, 4, 4], "num_res_blocks": [1, 1, 1, 1],
-        "transformer_depth": [1, 1, 1, 0], "transformer_depth_middle": 1, "transformer_depth_output": [0, 0, 1, 1, 1, 1, 1, 1],
+        "transformer_depth": [1, 1, 1, 0], "transformer_depth_middle": 1,
+        "transformer_depth_output": [0, 0, 1, 1, 1, 1, 1, 1],
         "context_dim": 768, "num_heads": 8, "use_linear_in_transformer": False}, 768, None, 64),
     "sdxl": (thin_models.comfy.supported_models.SDXL, {
         **UNET, "model_channels": 64, "channel_mult": [1, 2, 4], "num_res_blocks": [1, 1, 1],

@@ -10,18 +10,18 @@ Writes benchmarks/results/dual_model_overhead.json. `--quick`: tiny models, 1 re
 """
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
-import torch
-
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO / "benchmarks"))
-from attention_overhead import measure, report, setup, thin_models  # noqa: E402  (ComfyUI in-process, CPU)
+from guidekit.cli.inprocess import import_comfy
+
+import_comfy()                   # ComfyUI in-process (CPU) before anything below imports it
 
 from guidekit.nodes.autoguidance import AutoguidanceGK, DegradedModelGK  # noqa: E402
 from guidekit.nodes.icg import IndependentConditionGuidanceGK  # noqa: E402
 from guidekit.nodes.tsg import TimestepGuidanceGK  # noqa: E402
+
+from attention_overhead import measure, report, setup, thin_models  # noqa: E402  (ComfyUI in-process, CPU)
 
 WIDTH_KEYS = ("model_channels", "hidden_size")
 
@@ -38,7 +38,7 @@ def half_width(unet_config: dict) -> dict:
 
 
 def ag(main, weak, w=2.0):
-    return AutoguidanceGK.execute(main, weak, w, 0.0, 1.0).result[0]
+    return AutoguidanceGK.run(model=main, weak_model=weak, w=w)[0]
 
 
 def methods(main, half, full):
@@ -48,10 +48,9 @@ def methods(main, half, full):
         "AG half-width weak, cfg 1": (ag(main, half), 1.0),
         "AG half-width weak + CFG 4": (ag(main, half), 4.0),
         "AG full-width weak, cfg 1": (ag(main, full), 1.0),
-        "AG degraded self, cfg 1": (ag(main, DegradedModelGK.execute(main, "identity attention (PAG)", "default",
-                                                                     -1.0).result[0]), 1.0),
-        "ICG gaussian, cfg 4": (IndependentConditionGuidanceGK.execute(main, "gaussian", 0, 0.0, 1.0).result[0], 4.0),
-        "TSG, cfg 4": (TimestepGuidanceGK.execute(main, 1.0, 1.0, 0, 0.0, 1.0).result[0], 4.0),
+        "AG degraded self, cfg 1": (ag(main, DegradedModelGK.run(model=main)[0]), 1.0),
+        "ICG gaussian, cfg 4": (IndependentConditionGuidanceGK.run(model=main, mode="gaussian")[0], 4.0),
+        "TSG, cfg 4": (TimestepGuidanceGK.run(model=main)[0], 4.0),
     }
 
 

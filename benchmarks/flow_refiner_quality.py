@@ -7,7 +7,7 @@ classifier, D = D_uncond + w σ² ∇log p(A | x_σ)) at scales 1-4; a refiner (
 20,000 generated points towards the top-20 of 20,000 exact samples of the ground truth, plus one
 one-for-all refiner on the pooled CFG scales; exact log-likelihood, off-support fraction and sliced W2 of
 fresh samples before vs after. MNIST (the class-conditional demo model, euler 20 steps): CFG 1, 2, 3, 5;
-refiners trained through the command line (train_refiner.py) on 2,000 generated latents per scale
+refiners trained through the command line (cli/train_refiner.py) on 2,000 generated latents per scale
 towards the 8,000 training digits (pixel neighbours, k 20 and 40, per scale and one-for-all) and applied
 through the Flow Refine Latent node; FD / accuracy / precision / recall in the evaluation classifier's
 features before vs after. Cost: refiner seconds vs one 20-step sampling run of the same samples.
@@ -28,19 +28,22 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from evidence.comfy_models import comfy  # noqa: E402  (ComfyUI first, CPU)
+from guidekit.cli.inprocess import import_comfy
+
+import_comfy()                   # ComfyUI in-process (CPU) before anything below imports it
+
+from guidekit.cli import train_refiner as cli  # noqa: E402
+from guidekit.nodes.flow_refiner import FlowRefineLatentGK  # noqa: E402
+from guidekit.postprocess import neighbours, ode  # noqa: E402
+from guidekit.postprocess.refiner import load_refiner  # noqa: E402
+from guidekit.postprocess.train import TrainSettings, new_refiner, pool_equal, train_refiner  # noqa: E402
+
+import evidence.comfy_models  # noqa: E402,F401  (ComfyUI in-process first, CPU)
 from evidence import mnist_data  # noqa: E402
 from evidence.datasets import MNISTSetting, ToySetting, _load_state  # noqa: E402
 from evidence.grids import mnist_grid, toy_grid  # noqa: E402
 from evidence.networks import ToyClassifier  # noqa: E402
 from evidence.training import WEIGHTS  # noqa: E402
-
-from guidekit import train_refiner as cli  # noqa: E402
-from guidekit.nodes.flow_refiner import FlowRefineLatentGK  # noqa: E402
-from guidekit.postprocess import neighbours, ode  # noqa: E402
-from guidekit.postprocess.refiner import load_refiner  # noqa: E402
-from guidekit.postprocess.train import TrainSettings, new_refiner, pool_equal, train_refiner  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 CACHE = REPO / "benchmarks" / ".cache" / "flow_refiner"
@@ -253,7 +256,8 @@ def main() -> int:
         print("mnist:", flush=True)
         datasets["mnist"], grids["mnist"] = mnist_section(plans["mnist"], args.out, args.smoke)
     results = {"meta": {"date": time.strftime("%Y-%m-%d"), "smoke": args.smoke, "runtime_s": time.monotonic() - t0,
-                        "machine": f"{platform.machine()} CPU, {torch.get_num_threads()} threads, torch {torch.__version__}"},
+                        "machine": f"{platform.machine()} CPU, {torch.get_num_threads()} threads, "
+                                   f"torch {torch.__version__}"},
                "datasets": datasets}
     args.out.mkdir(parents=True, exist_ok=True)
     if "toy" in grids:

@@ -11,20 +11,23 @@ CFG 4, and each method on top of CFG 4. Target (issue 5): FreeDoM + Polyak with 
 """
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import torch
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO / "benchmarks"))
-from attention_overhead import measure, report, setup, thin_models  # noqa: E402  (ComfyUI in-process, CPU)
+from guidekit.cli.inprocess import import_comfy
+
+import_comfy()                   # ComfyUI in-process (CPU) before anything below imports it
 
 import comfy.sd  # noqa: E402
+
 from guidekit.guidance import losses  # noqa: E402
 from guidekit.nodes.loss_guidance import LossGuidanceGK  # noqa: E402
 from guidekit.nodes.loss_networks import OpenClip  # noqa: E402
 from guidekit.nodes.loss_terms import ClipTextLossGK  # noqa: E402
+
+from attention_overhead import measure, report, setup, thin_models  # noqa: E402  (ComfyUI in-process, CPU)
 
 CLIP_ARCH = "ViT-B-16"
 

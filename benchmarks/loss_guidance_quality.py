@@ -35,15 +35,19 @@ from types import SimpleNamespace
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from evidence import metrics  # noqa: E402
-from evidence.datasets import MNISTSetting, MNISTUncondSetting  # noqa: E402  (imports ComfyUI in-process, CPU)
-from evidence.comfy_models import demo_mnist  # noqa: E402
-from evidence.grids import mnist_grid  # noqa: E402
+from guidekit.cli.inprocess import import_comfy
+
+import_comfy()                   # ComfyUI in-process (CPU) before anything below imports it
+
 from quality import summarize  # noqa: E402
 
 from guidekit.nodes import loss_networks, loss_terms  # noqa: E402
 from guidekit.nodes.loss_guidance import LossGuidanceGK  # noqa: E402
+
+from evidence import metrics  # noqa: E402
+from evidence.comfy_models import demo_mnist  # noqa: E402
+from evidence.datasets import MNISTSetting, MNISTUncondSetting  # noqa: E402  (imports ComfyUI in-process, CPU)
+from evidence.grids import mnist_grid  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 GUIDANCE_NET = "mnist-classifier-guidance.safetensors"

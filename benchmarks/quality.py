@@ -24,7 +24,10 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+from guidekit.cli.inprocess import import_comfy
+
+import_comfy()                   # ComfyUI in-process (CPU) before anything below imports it
+
 from evidence.datasets import SETTINGS  # noqa: E402  (imports ComfyUI in-process, CPU)
 from evidence.grids import mnist_grid, toy_grid  # noqa: E402
 from evidence.methods import REGISTRY  # noqa: E402
@@ -93,7 +96,8 @@ def run_setting(name: str, methods: list[str], plan: dict, smoke: bool) -> dict:
 def markdown(results: dict) -> str:
     lines = ["# GuideKit quality benchmark", "",
              f"{results['meta']['date']}, {results['meta']['machine']}, {results['meta']['runtime_s']:.0f} s. "
-             "Mean ± std over seeds; ↑ higher is better, ↓ lower. Time: seconds per sampling run relative to CFG (to unguided sampling for unconditional models).", ""]
+             "Mean ± std over seeds; ↑ higher is better, ↓ lower. Time: seconds per sampling run relative to CFG "
+             "(to unguided sampling for unconditional models).", ""]
     for name, ds in results["datasets"].items():
         keys = list(ds["higher_is_better"])
         arrows = [f"{k} {'↑' if ds['higher_is_better'][k] else '↓'}" for k in keys]
@@ -102,7 +106,8 @@ def markdown(results: dict) -> str:
                   "| method | " + " | ".join(arrows) + f" | time vs {BASE_LABEL[ds['time_base']]} |",
                   "|---|" + "---|" * (len(keys) + 1)]
         ref = ds["reference"]
-        lines.append("| *real data* | " + " | ".join(f"{ref[k]['mean']:.4g} ± {ref[k]['std']:.2g}" for k in keys) + " | |")
+        lines.append("| *real data* | "
+                     + " | ".join(f"{ref[k]['mean']:.4g} ± {ref[k]['std']:.2g}" for k in keys) + " | |")
         for r in ds["runs"]:
             ratio = r["time_ratio"]
             cells = [f"{r['metrics'][k]['mean']:.4g} ± {r['metrics'][k]['std']:.2g}" for k in keys]
@@ -127,7 +132,8 @@ def main() -> int:
         print(f"{name}:", flush=True)
         datasets[name], grids[name] = run_setting(name, args.methods, plan, args.smoke)
     results = {"meta": {"date": time.strftime("%Y-%m-%d"), "smoke": args.smoke,
-                        "machine": f"{platform.machine()} CPU, {torch.get_num_threads()} threads, torch {torch.__version__}",
+                        "machine": f"{platform.machine()} CPU, {torch.get_num_threads()} threads, "
+                                   f"torch {torch.__version__}",
                         "runtime_s": time.monotonic() - t0},
                "datasets": datasets}
     args.out.mkdir(parents=True, exist_ok=True)

@@ -23,7 +23,10 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+from guidekit.cli.inprocess import import_comfy
+
+import_comfy()                   # ComfyUI in-process (CPU) before anything below imports it
+
 from evidence import mnist_data  # noqa: E402
 from evidence.networks import CLASSIFIERS, random_affine  # noqa: E402
 from evidence.training import EMA, WEIGHTS, progress, save_weights  # noqa: E402
@@ -71,8 +74,9 @@ def init_unet(module: torch.nn.Module, seed: int) -> None:
 
 
 def train_diffusion(name: str, iters: int, out: Path, quiet: bool) -> Path:
-    from evidence.comfy_models import demo_mnist
     from guidekit.nodes import compat
+
+    from evidence.comfy_models import demo_mnist
     default_iters, dropout, seed = DIFFUSION[name]
     split = mnist_data.load_split()
     data = mnist_data.to_latent(mnist_data.to_unit(split.train_images))
@@ -151,8 +155,9 @@ def train_classifier(name: str, iters: int, out: Path, quiet: bool) -> Path:
 
 def train_sims(iters: int, out: Path, quiet: bool, synthetic: int) -> Path:
     """SIMS (Alemohammad et al. 2024): synthesize a set with the base model, fine-tune a LoRA on it, merge."""
-    from evidence.comfy_models import comfy, demo_mnist, mnist_patcher
     from guidekit.nodes.sims import train_lora
+
+    from evidence.comfy_models import comfy, demo_mnist, mnist_patcher
     cfg = {**SIMS, "synthetic": synthetic}
     base = mnist_patcher(WEIGHTS / "mnist-main.safetensors")
     labels = [i % 10 for i in range(cfg["synthetic"])]
@@ -176,7 +181,8 @@ def train_sims(iters: int, out: Path, quiet: bool, synthetic: int) -> Path:
         merged[key] = weight.detach().clone().contiguous()
     print(f"final loss {sum(losses[-20:]) / len(losses[-20:]):.4f}")
     return save_weights(out, merged, demo_mnist.KIND, time.monotonic() - t0, mnist_data.load_split().sha256,
-                        model="sims", base="mnist-main", iterations=iters, **{k: v for k, v in cfg.items() if k != "iterations"},
+                        model="sims", base="mnist-main", iterations=iters,
+                        **{k: v for k, v in cfg.items() if k != "iterations"},
                         unet_config=demo_mnist.MNIST_UNET, prediction="eps", schedule="sd-discrete-linear",
                         trained_on="mnist-main's own unguided samples (labels i % 10)")
 

@@ -23,7 +23,10 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+from guidekit.cli.inprocess import import_comfy
+
+import_comfy()                   # ComfyUI in-process (CPU) before anything below imports it
+
 from evidence import fractal  # noqa: E402
 from evidence.networks import TOY_CLASSES, ToyClassifier, toy_context  # noqa: E402
 from evidence.training import EMA, WEIGHTS, progress, save_weights  # noqa: E402
@@ -41,7 +44,8 @@ CLASSIFIERS = {"classifier-linear": (0, 2000, 3), "classifier-mlp": (64, 2000, 4
 def data_hash() -> str:
     """sha256 of the mixture's parameters: the 2D models' training data, fully determined by them."""
     m = fractal.mixture("AB")
-    return hashlib.sha256(torch.cat([m.weights.flatten(), m.means.flatten(), m.covs.flatten()]).numpy().tobytes()).hexdigest()
+    return hashlib.sha256(
+        torch.cat([m.weights.flatten(), m.means.flatten(), m.covs.flatten()]).numpy().tobytes()).hexdigest()
 
 
 def noisy_batch(n: int, null_fraction: float, gen: torch.Generator):
@@ -71,8 +75,9 @@ def lr_at(i: int, base: float = 1e-2) -> float:
 
 
 def train_denoiser(name: str, iters: int | None, out_dir: Path, quiet: bool) -> Path:
-    from evidence.comfy_models import toy_base_model
     from guidekit.nodes import compat
+
+    from evidence.comfy_models import toy_base_model
     hidden, layers, default_iters, null_fraction, seed = DENOISERS[name]
     iters = iters or default_iters
     torch.manual_seed(seed)

@@ -1,1 +1,1 @@
-"""Pure torch guidance math: tensors and floats in, tensors out. No ComfyUI imports (ARCHITECTURE.md §2)."""
+"""Pure torch guidance math: tensors and floats in, tensors out. No ComfyUI imports (ARCHITECTURE.md: layers)."""

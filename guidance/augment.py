@@ -52,7 +52,8 @@ def cutout(x: torch.Tensor, gen: torch.Generator, ratio: float = 0.5) -> torch.T
     return x * (~hole).unsqueeze(1).to(x)
 
 
-def augment(images: torch.Tensor, copies: int, gen: torch.Generator, policy: tuple[str, ...] = POLICIES) -> torch.Tensor:
+def augment(images: torch.Tensor, copies: int, gen: torch.Generator,
+            policy: tuple[str, ...] = POLICIES) -> torch.Tensor:
     """`copies` augmented copies of each image, copy-major: (copies·B, C, H, W)."""
     unknown = set(policy) - set(POLICIES)
     if unknown:

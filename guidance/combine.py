@@ -1,4 +1,4 @@
-"""The one rule most guidance methods share, in denoised (x0) space (ARCHITECTURE.md §1).
+"""The one rule most guidance methods share, in denoised (x0) space (see ARCHITECTURE.md).
 
     out = base + Σ_i s_i · (D_pos_i − D_neg_i)
 

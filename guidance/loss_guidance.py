@@ -2,9 +2,10 @@
 
 The five methods are special cases of TFG's unified step (Ye et al., NeurIPS 2024): FreeDoM, DPS and
 LGD-MC move x_{t−1} along ∇_{x_t} of a loss of x0|t (backpropagated through the denoiser); MPGD moves
-x0|t along ∇_{x0} only; Universal Guidance corrects ε (forward) and x0 (backward). Each method's change
-is computed in the papers' VP coordinates and handed to the sampler as a corrected denoised image,
-exact for a first-order deterministic step (Euler = DDIM η = 0): D' = D + Δx_{t−1}/(1 − σ'/σ).
+x0|t along ∇_{x0} only; Universal Guidance corrects ε (forward) and x0 (backward). The methods are the
+table in loss_methods.py and the step sizes the table step_size.RULES; guidance_step looks both up.
+Each method's change is computed in the papers' VP coordinates and handed to the sampler as a corrected
+denoised image, exact for a first-order deterministic step (Euler = DDIM η = 0): D' = D + Δx_{t−1}/(1 − σ'/σ).
 Time-travel (recurrence) takes that step, re-noises back to σ and repeats (FreeDoM eq. 12).
 """
 from __future__ import annotations
@@ -15,18 +16,13 @@ from dataclasses import dataclass
 import torch
 
 from . import step_size
-from .dps import dps_change, dps_objective
-from .freedom import freedom_change
-from .lgd_mc import lgd_change, lgd_mc_objective
-from .mpgd import mpgd_x0_change
-from .universal_guidance import backward_x0_change, eps_change_of_x0, forward_eps_change, x0_change_of_eps
-from .vp import alpha_bar, next_sample_change
+from .loss_methods import LOSS_METHODS, Loss, StepContext
+from .vp import alpha_bar
 
-METHODS = ("FreeDoM", "UG", "LGD-MC", "MPGD", "DPS")
-STEP_RULES = ("polyak", "rms", "fixed")
+METHODS = tuple(LOSS_METHODS)                          # FreeDoM, UG, LGD-MC, MPGD, DPS (loss_methods.py)
+STEP_RULES = tuple(step_size.RULES)                    # polyak, rms, fixed
 
 Denoiser = Callable[[torch.Tensor], torch.Tensor]      # x_t (requires grad or not) → x0|t
-Loss = Callable[[torch.Tensor], torch.Tensor]          # x0 (latent) → loss per image, shape (B,)
 
 
 @dataclass(frozen=True)
@@ -53,15 +49,6 @@ class StepResult:
     skipped: torch.Tensor        # images whose loss or gradient was not finite (no correction applied)
 
 
-def _rho(config: LossGuidanceConfig, eps, grad, ab, ab_next, on_x0: bool = False) -> torch.Tensor:
-    if config.step_rule == "fixed":
-        return step_size.fixed(config.scale, grad)
-    if config.step_rule == "polyak":
-        return step_size.polyak(config.scale, eps, grad)
-    rho = step_size.rms_rule(config.scale, eps, grad, ab, ab_next)
-    return rho / ab_next.sqrt() if on_x0 else rho          # MPGD's rule divides by √ᾱ_{t−1}
-
-
 def _finite_rows(*tensors: torch.Tensor) -> torch.Tensor:
     ok = torch.ones(tensors[0].shape[0], dtype=torch.bool, device=tensors[0].device)
     for t in tensors:
@@ -75,42 +62,23 @@ def guidance_step(denoise: Denoiser, loss_fn: Loss, x: torch.Tensor, sigma: torc
     view = (-1,) + (1,) * (x.ndim - 1)
     sigma = sigma.reshape(view).to(x)
     ab, ab_next = alpha_bar(sigma), alpha_bar(sigma_next.reshape(view).to(x))
-    if config.method == "MPGD":                                     # no backprop through the denoiser
-        with torch.no_grad():
-            denoised = denoise(x).detach()
-        x0 = denoised.clone().requires_grad_(True)
-        loss = loss_fn(x0)
-        (grad,) = torch.autograd.grad(torch.nan_to_num(loss).sum(), x0)
-        eps = (x - denoised) / sigma
-        rho = _rho(config, eps, grad, ab, ab_next, on_x0=True)
-        change_vp = next_sample_change(ab_next, d_x0=mpgd_x0_change(grad, rho))
-    else:
+    method = LOSS_METHODS[config.method]
+    if method.through_denoiser:
         x_in = x.detach().clone().requires_grad_(True)
         out = denoise(x_in)
-        if config.method == "LGD-MC":
-            objective = lgd_mc_objective(loss_fn, out, ab, config.mc_samples, gen)
-            loss = objective.detach()
-        else:
-            loss = loss_fn(out)
-            objective = dps_objective(loss) if config.method == "DPS" else loss
-        (grad_x,) = torch.autograd.grad(torch.nan_to_num(objective).sum(), x_in)
         denoised = out.detach()
-        grad = grad_x / ab.sqrt()                                    # ∇ w.r.t. the VP x_t = √ᾱ·x
-        eps = (x - denoised) / sigma
-        rho = _rho(config, eps, grad, ab, ab_next)
-        if config.method == "UG":
-            d_eps = forward_eps_change(grad, rho, ab)
-            d_x0 = x0_change_of_eps(d_eps, ab)
-            if config.backward_steps > 0:
-                delta = backward_x0_change(loss_fn, denoised + d_x0, config.backward_steps, config.backward_lr)
-                d_eps, d_x0 = d_eps + eps_change_of_x0(delta, ab), d_x0 + delta
-            change_vp = next_sample_change(ab_next, d_x0=d_x0, d_eps=d_eps)
-        elif config.method == "DPS":
-            change_vp = dps_change(grad, rho)
-        elif config.method == "LGD-MC":
-            change_vp = lgd_change(grad, rho)
-        else:
-            change_vp = freedom_change(grad, rho)
+    else:                                                           # no backprop through the denoiser
+        with torch.no_grad():
+            denoised = denoise(x).detach()
+        x_in = out = denoised.clone().requires_grad_(True)
+    ctx = StepContext(loss_fn, denoised, ab, ab_next, config, gen)
+    objective, loss = method.objective(out, ctx)
+    (grad,) = torch.autograd.grad(torch.nan_to_num(objective).sum(), x_in)
+    if method.through_denoiser:
+        grad = grad / ab.sqrt()                                     # ∇ w.r.t. the VP x_t = √ᾱ·x
+    eps = (x - denoised) / sigma
+    rho = step_size.RULES[config.step_rule](config.scale, eps, grad, ab, ab_next, not method.through_denoiser)
+    change_vp = method.update(grad, rho, ctx)
     change = change_vp / ab_next.sqrt()                              # back to x = x0 + σ·ε units
     ok = _finite_rows(loss.reshape(-1, 1), change)
     change = torch.where(ok.reshape(view), torch.nan_to_num(change), torch.zeros_like(change))

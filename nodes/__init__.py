@@ -3,26 +3,10 @@ from __future__ import annotations
 
 from comfy_api.latest import ComfyExtension, io
 
-from .autoguidance import AutoguidanceGK, AutoguidanceGuiderGK, DegradedModelGK
-from .compare import CompareGK
-from .demo_mnist import MNISTDemoLoader, MNISTDigits
-from .flow_refiner import NODES as REFINER_NODES, register_refiner_folder
-from .icg import IndependentConditionGuidanceGK
-from .loss_guidance import LossGuidanceGK
+from .catalog import NODES
+from .flow_refiner import register_refiner_folder
 from .loss_networks import register_model_folders
-from .loss_terms import LOSS_NODES
-from .pag import PerturbedAttentionGuidanceGK
-from .sag import SelfAttentionGuidanceGK
-from .seg import SmoothedEnergyGuidanceGK
-from .sims import SIMSLoRAGK
-from .tsg import TimestepGuidanceGK
 from .web_routes import register_routes
-
-NODES: list[type[io.ComfyNode]] = [PerturbedAttentionGuidanceGK, SmoothedEnergyGuidanceGK, SelfAttentionGuidanceGK,
-                                   AutoguidanceGK, AutoguidanceGuiderGK, DegradedModelGK, SIMSLoRAGK,
-                                   IndependentConditionGuidanceGK, TimestepGuidanceGK,
-                                   LossGuidanceGK, *LOSS_NODES, *REFINER_NODES,
-                                   CompareGK, MNISTDemoLoader, MNISTDigits]
 
 
 class GuideKitExtension(ComfyExtension):
@@ -31,7 +15,7 @@ class GuideKitExtension(ComfyExtension):
         register_refiner_folder()
 
     async def get_node_list(self) -> list[type[io.ComfyNode]]:
-        register_model_folders()          # ComfyUI 0.3.75 never calls on_load; registering twice is a no-op
+        register_model_folders()          # not every ComfyUI calls on_load; registering twice is a no-op
         register_refiner_folder()
         register_routes()                 # the frontend extension's routes, when a server runs
         return list(NODES)

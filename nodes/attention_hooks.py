@@ -114,7 +114,8 @@ class UNetSelfAttention:
     def default(self, q, k, v, extra_options):
         if self.previous is not None:
             return self.previous(q, k, v, extra_options)
-        return optimized_attention(q, k, v, extra_options["n_heads"], attn_precision=extra_options.get("attn_precision"),
+        return optimized_attention(q, k, v, extra_options["n_heads"],
+                                   attn_precision=extra_options.get("attn_precision"),
                                    transformer_options=extra_options)
 
     def __call__(self, q, k, v, extra_options):
@@ -173,7 +174,8 @@ class DiTSelfAttention:
             return self.default(func, *_replaced((q, k, v), rows, out, skip_reshape), *args[3:], **kwargs)
         if kwargs.get("mask") is not None:
             raise NotImplementedError("GuideKit: this perturbation does not support attention masks (masked "
-                                      "text conditioning); remove the mask or use SEG, which keeps the host's attention")
+                                      "text conditioning); remove the mask or use SEG, which keeps the host's "
+                                      "attention")
         if not kwargs.get("skip_output_reshape", False):
             out = out.transpose(1, 2).flatten(2)
         if not other:

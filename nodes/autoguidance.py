@@ -12,14 +12,14 @@ import comfy.samplers
 from comfy_api.latest import io
 
 from ..guidance.autoguidance import autoguidance_term
+from . import registrar
 from .attention_hooks import image_grid, install
-from .branch import sigma_range
+from .base import GuideKitNode
 from .common import LAYERS_TOOLTIP, range_inputs, sigma_override_inputs
-from .dual_model import DualModelGuidance, WeakModel
+from .dual_model import WeakModel
 from .layers import architecture, parse_layers
 from .pag import identity_perturbation
 from .seg import blurred_queries
-from .validation import GuideKitNode
 
 CATEGORY = "GuideKit/dual model"
 NODE = "GuideKit Autoguidance"
@@ -36,10 +36,10 @@ W_TOOLTIP = ("Autoguidance weight w in D_weak + w·(D_main − D_weak); 1 = the 
 def patch_autoguidance(node: str, model, weak_model, w: float, start_percent: float, end_percent: float,
                        sigma_start: float = -1.0, sigma_end: float = -1.0):
     """Clone `model` and add the autoguidance term against `weak_model`; the node's whole execute."""
-    active = sigma_range(model, node, start_percent, end_percent, sigma_start, sigma_end)
+    active = registrar.sigma_range(model, node, start_percent, end_percent, sigma_start, sigma_end)
     m, weak = WeakModel.attach(model, weak_model, node)
     term = autoguidance_term(w)
-    DualModelGuidance(weak, lambda sigma: term, active).register(m)
+    registrar.register(m, registrar.Guidance(node, weak, active, lambda sigma: term, batched=lambda x: False))
     return m
 
 
@@ -51,6 +51,8 @@ def weight_inputs() -> list:
 
 
 class AutoguidanceGK(GuideKitNode):
+    COST = {"extra_passes": 1, "what": "the weak model on the positive"}
+
     @classmethod
     def define_schema(cls) -> io.Schema:
         return io.Schema(
@@ -69,6 +71,8 @@ class AutoguidanceGK(GuideKitNode):
 
 
 class AutoguidanceGuiderGK(GuideKitNode):
+    COST = {"extra_passes": 1, "what": "the weak model on the positive"}
+
     @classmethod
     def define_schema(cls) -> io.Schema:
         return io.Schema(
@@ -104,6 +108,8 @@ DEGRADATIONS = {"identity attention (PAG)": lambda blur: identity_perturbation,
 
 
 class DegradedModelGK(GuideKitNode):
+    COST = {"extra_passes": 0, "what": "perturbs every pass of this model; adds none"}
+
     @classmethod
     def define_schema(cls) -> io.Schema:
         return io.Schema(
@@ -123,7 +129,8 @@ class DegradedModelGK(GuideKitNode):
     @classmethod
     def execute(cls, model, degradation, layers, blur_sigma) -> io.NodeOutput:
         if degradation not in DEGRADATIONS:
-            raise ValueError(f"{DEGRADE_NODE}: input 'degradation' = {degradation!r}; choose one of {list(DEGRADATIONS)}")
+            raise ValueError(f"{DEGRADE_NODE}: input 'degradation' = {degradation!r}; "
+                             f"choose one of {list(DEGRADATIONS)}")
         arch = architecture(model, DEGRADE_NODE)
         chosen = parse_layers(layers, arch, DEGRADE_NODE)
         perturb = DEGRADATIONS[degradation](blur_sigma)

@@ -6,6 +6,8 @@ from comfy_api.latest import io
 from .branch import EVALUATIONS, MODES
 
 CATEGORY = "GuideKit/attention"
+REPLACE_UNCOND_COST = {"widget": "mode", "value": MODES[1], "extra_passes": 0,       # PAG's and SEG's COST
+                       "what": "the perturbed pass takes the unconditional pass's place"}
 
 LAYERS_TOOLTIP = ("Self-attention layers to perturb, comma-separated: place[.ids[.indices]] with numbers or "
                   "ranges a-b, a missing part meaning all. UNet: input / middle / output, e.g. 'middle', "

@@ -1,62 +1,50 @@
 """Compare node: one seed through several guidance methods inside the graph, as a labelled grid.
 
-The in-graph twin of `python -m guidekit.compare`: the same method table, each GuideKit node at its
-default settings applied to a clone of the model, sampled as KSampler samples, decoded, labelled with
-its seconds per step.
+The in-graph twin of `python -m guidekit.cli.compare`: the same method table (the node classes' COMPARE
+entries, nodes/catalog.py), each GuideKit node at its default settings applied to a clone of the model,
+sampled as KSampler samples, decoded, labelled with its seconds per step.
 """
 from __future__ import annotations
 
 import json
 import time
 
-import numpy as np
-import torch
-from PIL import Image
-
 import comfy.model_management
 import comfy.sample
 import comfy.samplers
 import comfy.utils
+import numpy as np
+import torch
 from comfy_api.latest import io
+from PIL import Image
 
-from ..compare import METHODS, add_ratios, labelled_grid, method_label
-from .icg import IndependentConditionGuidanceGK
-from .pag import PerturbedAttentionGuidanceGK
-from .sag import SelfAttentionGuidanceGK
-from .seg import SmoothedEnergyGuidanceGK
-from .tsg import TimestepGuidanceGK
-from .validation import GuideKitNode
+from ..postprocess.grid import add_ratios, labelled_grid, method_label
+from .base import GuideKitNode
 
 NODE = "GuideKit Compare"
-NODE_CLASSES = {cls.define_schema().node_id: cls for cls in (
-    PerturbedAttentionGuidanceGK, SmoothedEnergyGuidanceGK, SelfAttentionGuidanceGK,
-    IndependentConditionGuidanceGK, TimestepGuidanceGK)}
 
 
-def schema_defaults(node_class) -> dict:
-    """The default of every widget input of a node (the values a freshly added node shows)."""
-    out = {}
-    for item in node_class.define_schema().inputs:
-        if getattr(item, "default", None) is not None and not item.optional:
-            out[item.id] = item.default
-    return out
+def method_table() -> dict[str, dict]:
+    from .catalog import compare_methods  # the catalog lists this node too: import when called
+    return compare_methods()
 
 
 def parse_methods(text: str) -> list[str]:
-    methods = [m.strip().lower() for m in text.replace(";", ",").split(",") if m.strip()]
-    unknown = [m for m in methods if m not in METHODS]
-    if not methods or unknown:
+    chosen = [m.strip().lower() for m in text.replace(";", ",").split(",") if m.strip()]
+    unknown = [m for m in chosen if m not in method_table()]
+    if not chosen or unknown:
         raise ValueError(f"{NODE}: input 'methods' names {unknown or 'nothing'}; write a comma list of "
-                         f"{', '.join(METHODS)}")
-    return methods
+                         f"{', '.join(method_table())}")
+    return chosen
 
 
 def guided_model(model, method: str):
-    node_id, overrides, _ = METHODS[method]
-    if node_id is None:
+    """The model through the method's own node at its defaults (and the method's overrides)."""
+    from .catalog import by_id
+    spec = method_table()[method]
+    if spec["node"] is None:
         return model
-    return NODE_CLASSES[node_id].execute(model=model, **{**schema_defaults(NODE_CLASSES[node_id]),
-                                                         **overrides}).result[0]
+    return by_id()[spec["node"]].run(model=model, **spec["inputs"])[0]
 
 
 def to_pil(image: torch.Tensor) -> Image.Image:
@@ -77,7 +65,8 @@ class CompareGK(GuideKitNode):
                 io.Latent.Input("latent_image", tooltip="The starting latent, e.g. Empty Latent Image (batch 1)."),
                 io.Vae.Input("vae", tooltip="Decodes each method's result for the grid."),
                 io.String.Input("methods", default="cfg,pag,seg,sag",
-                                tooltip=f"Comma list of methods: {', '.join(METHODS)} ('pag-only' = PAG at cfg 1)."),
+                                tooltip=f"Comma list of methods: {', '.join(method_table())} "
+                                        "('pag-only' = PAG at cfg 1)."),
                 io.Int.Input("seed", default=0, min=0, max=0xffffffffffffffff, control_after_generate=True,
                              tooltip="One seed for every method."),
                 io.Int.Input("steps", default=20, min=1, max=10000, tooltip="Sampling steps of every method."),
@@ -116,7 +105,7 @@ class CompareGK(GuideKitNode):
         rows, images = [], []
         for method in chosen:
             guided = guided_model(model, method)
-            method_cfg = METHODS[method][2] if METHODS[method][2] is not None else cfg
+            method_cfg = method_table()[method]["cfg"] if method_table()[method]["cfg"] is not None else cfg
             t0 = time.perf_counter()
             samples = comfy.sample.sample(guided, noise, steps, method_cfg, sampler_name, scheduler, positive,
                                           negative, latent, seed=seed, callback=step_done, disable_pbar=True)

@@ -12,18 +12,17 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import torch
-
 import comfy.latent_formats
 import comfy.model_base
 import comfy.model_management
 import comfy.model_patcher
 import comfy.sd
 import comfy.supported_models_base
+import torch
 from comfy_api.latest import io
 
 from . import files
-from .validation import GuideKitNode
+from .base import GuideKitNode
 
 CATEGORY = "GuideKit/demo"
 LOADER_NODE = "GuideKit MNIST Demo Loader"

@@ -16,18 +16,16 @@ How it lives in memory:
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
-import torch
 import comfy.model_management
 import comfy.model_patcher
 import comfy.patcher_extension
 import comfy.samplers
 import comfy.utils
+import torch
 
-from ..guidance.schedule import SigmaRange
-from . import compat
+from . import compat, registrar
 
 WEAK_KEY = "guidekit_weak_model"
 RUN_KEYS = ("sample_sigmas",)     # per-run transformer_options the guider sets on the main model only
@@ -66,7 +64,8 @@ def same_weights(main, weak) -> bool:
     """True when `weak` runs on exactly the weights `main` loads (same modules, patches and wrappers)."""
     return (weak.model is main.model and weak.patches_uuid == main.patches_uuid
             and weak.weight_wrapper_patches.keys() == main.weight_wrapper_patches.keys()
-            and all(weak.weight_wrapper_patches[k] == main.weight_wrapper_patches[k] for k in weak.weight_wrapper_patches)
+            and all(weak.weight_wrapper_patches[k] == main.weight_wrapper_patches[k]
+                    for k in weak.weight_wrapper_patches)
             and weak.object_patches == main.object_patches)
 
 
@@ -121,8 +120,8 @@ def run_options(patcher, device: torch.device) -> dict:
 
 
 @dataclass
-class WeakModel:
-    """The weak model as the main model's sampling sees it."""
+class WeakModel(registrar.Negative):
+    """The weak model as the main model's sampling sees it: the negative of Autoguidance and SIMS."""
     patcher: object
     shares_main_weights: bool
     options: dict = field(default_factory=dict)
@@ -142,13 +141,18 @@ class WeakModel:
         m.set_additional_models(WEAK_KEY, [weak])
         return m, cls(weak, False)
 
+    def setup(self, m) -> None:
+        # A closure, not a bound method: ModelPatcher.clone deep-copies its callbacks' containers.
+        m.add_callback_with_key(comfy.patcher_extension.CallbacksMP.ON_PRE_RUN, WEAK_KEY,
+                                lambda patcher: self.pre_run(patcher))
+
     def pre_run(self, main_patcher) -> None:
         """Called when sampling starts (both models are loaded by then)."""
         if not self.shares_main_weights:
             self.patcher.pre_run()
         self.options = run_options(self.patcher, main_patcher.load_device)
 
-    def denoise(self, args: dict) -> torch.Tensor:
+    def alone(self, args: dict) -> torch.Tensor:
         """D_weak(x; σ, c) on the positive conditioning of this step."""
         run_to = args["model_options"].get("transformer_options", {})
         options = dict(self.options)
@@ -156,26 +160,3 @@ class WeakModel:
                                           **{k: run_to[k] for k in RUN_KEYS if k in run_to}}
         model = args["model"] if self.shares_main_weights else self.patcher.model
         return comfy.samplers.calc_cond_batch(model, [args["cond"]], args["input"], args["sigma"], options)[0]
-
-
-@dataclass
-class DualModelGuidance:
-    """out = (whatever the sampler computed) + term(σ)·(D_main(c) − D_weak(c)) inside the active range."""
-    weak: WeakModel
-    term_at: Callable[[torch.Tensor], float]
-    active: SigmaRange
-
-    def register(self, m) -> None:
-        # Closures, not bound methods: ModelPatcher.clone deep-copies model_options.
-        m.add_callback_with_key(comfy.patcher_extension.CallbacksMP.ON_PRE_RUN, WEAK_KEY,
-                                lambda patcher: self.weak.pre_run(patcher))
-        m.set_model_sampler_post_cfg_function(lambda args: self.post_cfg(args))
-
-    def post_cfg(self, args: dict) -> torch.Tensor:
-        denoised, sigma = args["denoised"], args["sigma"]
-        if not self.active.active(sigma) or args.get("cond") is None:
-            return denoised
-        term = self.term_at(sigma)
-        if term == 0.0:
-            return denoised
-        return denoised + term * (args["cond_denoised"] - self.weak.denoise(args))

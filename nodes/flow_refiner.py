@@ -20,10 +20,10 @@ from comfy_api.latest import io
 from ..postprocess import data, features, neighbours, ode
 from ..postprocess.refiner import RefinerFile, load_refiner, save_refiner
 from ..postprocess.train import TrainSettings, new_refiner, tensor_sha256, train_refiner
-from .demo_mnist import WEIGHTS_DIR
 from . import files
+from .base import GuideKitNode
+from .demo_mnist import WEIGHTS_DIR
 from .loss_networks import model_files
-from .validation import GuideKitNode
 
 CATEGORY = "GuideKit/postprocess"
 FOLDER = "guidekit_refiners"
@@ -80,7 +80,7 @@ def check_shape(rf: RefinerFile, x: torch.Tensor, node: str, input_name: str) ->
         fmt = f" ({rf.latent_format})" if rf.latent_format else ""
         raise ValueError(f"{node}: the refiner was trained on {what}{fmt} shaped {tuple(expect)}, input '{input_name}' "
                          f"is shaped {tuple(x.shape[1:])}; use a refiner trained for this model's latent format "
-                         "(train one with GuideKit Train Flow Refiner or `python -m guidekit.train_refiner`)")
+                         "(train one with GuideKit Train Flow Refiner or `python -m guidekit.cli.train_refiner`)")
     if tuple(x.shape[2:]) != tuple(expect[1:]):
         log.info("%s: refining %s at %s, the refiner was trained at %s", node, input_name, tuple(x.shape[2:]),
                  tuple(expect[1:]))
@@ -111,7 +111,8 @@ class FlowRefineLatentGK(GuideKitNode):
             node_id="GuideKitFlowRefineLatent", display_name="GuideKit Flow Refine Latent", category=CATEGORY,
             description="Postprocesses sampled latents with a flow refiner trained in this model's latent space: "
                         "integrates its ODE for 'steps' steps. Put it between KSampler and VAE Decode.",
-            inputs=[RefinerType.Input("refiner", tooltip="A latent-space refiner trained for this model (Flow Refiner Loader)."),
+            inputs=[RefinerType.Input("refiner",
+                                      tooltip="A latent-space refiner trained for this model (Flow Refiner Loader)."),
                     io.Latent.Input("samples", tooltip="Latents from a sampler."),
                     *solver_inputs()],
             outputs=[io.Latent.Output(tooltip="The refined latents (other latent fields kept).")],
@@ -208,12 +209,13 @@ class TrainFlowRefinerGK(GuideKitNode):
             node_id="GuideKitTrainFlowRefiner", display_name="GuideKit Train Flow Refiner", category=CATEGORY,
             description="Trains a flow refiner for small runs inside a graph: each generated sample flows to a random "
                         "one of its k nearest real samples (FAISS). With a VAE it trains in that latent space. "
-                        "Saves to models/guidekit_refiners. For large runs use `python -m guidekit.train_refiner`.",
+                        "Saves to models/guidekit_refiners. For large runs use `python -m guidekit.cli.train_refiner`.",
             inputs=[io.Image.Input("generated", optional=True, tooltip="Generated images (decoded samples)."),
                     io.Latent.Input("generated_latent", optional=True,
                                     tooltip="Generated latents, straight from the sampler (instead of 'generated'; "
                                             "needs the VAE for the real images)."),
-                    io.Image.Input("real_images", optional=True, tooltip="Real images (resized to the generated size)."),
+                    io.Image.Input("real_images", optional=True,
+                                   tooltip="Real images (resized to the generated size)."),
                     io.String.Input("real_folder", default="", optional=True,
                                     tooltip="A folder of real images inside ComfyUI/input, named relative to it."),
                     io.Vae.Input("vae", optional=True,
@@ -225,15 +227,19 @@ class TrainFlowRefinerGK(GuideKitNode):
                                            "or latents), or open_clip image features (mean of patch tokens: the "
                                            "paper's best space; pooled embedding)."),
                     io.Int.Input("k", default=20, min=1, max=1000, tooltip="Neighbours per sample (paper: 20, 40)."),
-                    io.Int.Input("iterations", default=2000, min=1, max=1_000_000, tooltip="Training steps (AdamW, EMA 0.999)."),
-                    io.Int.Input("batch_size", default=64, min=1, max=8192, tooltip="(generated, neighbour) pairs per step."),
+                    io.Int.Input("iterations", default=2000, min=1, max=1_000_000,
+                                 tooltip="Training steps (AdamW, EMA 0.999)."),
+                    io.Int.Input("batch_size", default=64, min=1, max=8192,
+                                 tooltip="(generated, neighbour) pairs per step."),
                     io.Float.Input("learning_rate", default=3e-4, min=1e-6, max=1.0, step=1e-5,
-                                   tooltip="AdamW learning rate; data are standardised, so one value fits pixels and latents."),
+                                   tooltip="AdamW learning rate; data are standardised, "
+                                           "so one value fits pixels and latents."),
                     io.Int.Input("seed", default=0, min=0, max=2**31 - 1,
                                  tooltip="Seeds the pairing, times and batches: same inputs, same refiner."),
                     io.String.Input("filename_prefix", default="guidekit_refiner",
                                     tooltip="Saved as models/guidekit_refiners/<prefix>_NNNNN.safetensors.")],
-            outputs=[RefinerType.Output(display_name="refiner", tooltip="The trained refiner (EMA weights), also saved.")],
+            outputs=[RefinerType.Output(display_name="refiner",
+                                        tooltip="The trained refiner (EMA weights), also saved.")],
             is_output_node=True,
         )
 
@@ -285,6 +291,3 @@ class TrainFlowRefinerGK(GuideKitNode):
                      result.seconds, result.losses[0], result.losses[-1], path)
             loaded = load_refiner(path)
         return io.NodeOutput(loaded)
-
-
-NODES = [FlowRefinerLoaderGK, FlowRefineLatentGK, FlowRefineImageGK, TrainFlowRefinerGK]

@@ -8,10 +8,9 @@ import torch
 from comfy_api.latest import io
 
 from ..guidance.icg import derangement, gaussian_condition, random_rows, shuffled_tokens
-from .branch import sigma_range
+from . import registrar
+from .base import GuideKitNode
 from .common import range_inputs, sigma_override_inputs
-from .negative_swap import replace_uncond, step_generator
-from .validation import GuideKitNode
 
 NODE = "GuideKit ICG"
 CATEGORY = "GuideKit/condition"
@@ -23,8 +22,8 @@ def _rows(tensor: torch.Tensor, count: int) -> torch.Tensor:
     return comfy.utils.repeat_to_batch_size(tensor, count)
 
 
-class IndependentCondition:
-    """Builds ŷ for each step from the positive conditioning (or the pool) of that step."""
+class IndependentCondition(registrar.Negative):
+    """ICG's negative: ŷ built for each step from the positive conditioning (or the pool) of that step."""
 
     def __init__(self, mode: str, seed: int, pool: list | None):
         self.mode, self.seed, self.pool = mode, seed, pool
@@ -50,8 +49,8 @@ class IndependentCondition:
             self._pool_conds = out
         return self._pool_conds
 
-    def __call__(self, args: dict) -> tuple[list, dict]:
-        x, gen = args["input"], step_generator(self.seed, args["sigma"])
+    def batch(self, args: dict, row: int) -> tuple[list, dict]:
+        x, gen = args["input"], registrar.step_generator(self.seed, args["sigma"])
         rows = x.shape[0]
         pool = self.pool_tensors(args) if self.mode == "pool" else None
         picks = random_rows(pool[TOKENS], rows, gen) if pool is not None else None
@@ -76,7 +75,8 @@ class IndependentCondition:
                     if conds[key].cond.shape[0] < 2:
                         raise ValueError(f"{NODE}: input 'mode' is 'other batch row' but the positive conditioning "
                                          "has one row (one prompt for the whole batch), so every image would get "
-                                         "its own condition back; use 'gaussian' or 'pool', or one prompt/class per image")
+                                         "its own condition back; use 'gaussian' or 'pool', "
+                                         "or one prompt/class per image")
                     new = emb[order.to(emb.device)]
                 else:
                     if key not in pool:
@@ -88,6 +88,9 @@ class IndependentCondition:
 
 
 class IndependentConditionGuidanceGK(GuideKitNode):
+    COST = {"extra_passes": 0, "what": "the unconditional pass runs on a random condition instead"}
+    COMPARE = {"icg": {}}
+
     @classmethod
     def define_schema(cls) -> io.Schema:
         return io.Schema(
@@ -96,7 +99,8 @@ class IndependentConditionGuidanceGK(GuideKitNode):
                         "on a condition independent of the image instead, so CFG works on models trained without "
                         "condition dropout. Guidance weight = the sampler's cfg; its negative prompt is unused.",
             inputs=[
-                io.Model.Input("model", tooltip="The model to guide (a patched copy is returned; this one is unchanged)."),
+                io.Model.Input("model",
+                               tooltip="The model to guide (a patched copy is returned; this one is unchanged)."),
                 io.Combo.Input("mode", options=MODES, default=MODES[0],
                                tooltip="ŷ: 'gaussian' noise at the embedding's mean/std (paper's best), 'shuffled "
                                        "tokens' (token order permuted), 'other batch row' (each image takes "
@@ -115,12 +119,11 @@ class IndependentConditionGuidanceGK(GuideKitNode):
     @classmethod
     def execute(cls, model, mode, seed, start_percent, end_percent, pool=None, sigma_start=-1.0,
                 sigma_end=-1.0) -> io.NodeOutput:
-        if mode not in MODES:
-            raise ValueError(f"{NODE}: input 'mode' = {mode!r}; choose one of {MODES}")
         if mode == "pool" and not pool:
             raise ValueError(f"{NODE}: input 'mode' is 'pool' but input 'pool' is not connected; connect a "
                              "conditioning holding the prompts (or classes) to draw from")
-        active = sigma_range(model, NODE, start_percent, end_percent, sigma_start, sigma_end)
+        active = registrar.sigma_range(model, NODE, start_percent, end_percent, sigma_start, sigma_end)
         m = model.clone()
-        replace_uncond(m, NODE, active, IndependentCondition(mode, seed, pool))
+        registrar.register(m, registrar.Guidance(NODE, IndependentCondition(mode, seed, pool), active, None,
+                                                 replace_uncond=True))
         return io.NodeOutput(m)

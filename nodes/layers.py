@@ -53,8 +53,8 @@ def architecture(model, node: str) -> Architecture:
 
 def architecture_of(dm, node: str) -> Architecture:
     """Describe a diffusion model module (also one built on the meta device, for the layer picker)."""
-    from comfy.ldm.flux.model import Flux
     from comfy.ldm.chroma.model import Chroma
+    from comfy.ldm.flux.model import Flux
     from comfy.ldm.modules.diffusionmodules.mmdit import MMDiT
     from comfy.ldm.modules.diffusionmodules.openaimodel import UNetModel
 

@@ -17,12 +17,12 @@ from comfy_api.latest import io
 
 from ..guidance.augment import POLICIES, augment, mean_over_copies
 from ..guidance.loss_guidance import METHODS, STEP_RULES, LossGuidanceConfig, loss_guided_denoise
+from ..guidance.loss_methods import LOSS_METHODS
 from . import compat
 from .autograd import InPlaceSafe, autograd_ready
-from .branch import sigma_range
+from .base import GuideKitNode
 from .loss_terms import CATEGORY, LossType
-from .negative_swap import step_generator
-from .validation import GuideKitNode
+from .registrar import sigma_range, step_generator
 
 NODE = "GuideKit Loss Guidance"
 WRAPPER_KEY = "guidekit_loss_guidance"
@@ -125,7 +125,7 @@ class LossGuidance:
         decode = decoder(self.gradient_vae or self.vae, base, NODE)
         loss = loss_of_x0(self.terms, decode, self.copies, self.policy)
         recurrence = self.recurrence if self.recurrence_range.active(timestep) else 1
-        if self.config.method != "MPGD":                          # MPGD never differentiates through the model
+        if LOSS_METHODS[self.config.method].through_denoiser:     # MPGD never differentiates through the model
             autograd_ready(base.diffusion_model)
 
         with compat.gradients():
@@ -151,11 +151,17 @@ class LossGuidance:
         self.last = result
         if result.skipped.any():
             self.report_once("nan", "%s: the loss or its gradient was not finite for image(s) %s at σ = %.4g; "
-                             "those steps are unguided (reported once)", NODE, result.skipped.nonzero().flatten().tolist(), s)
+                             "those steps are unguided (reported once)", NODE,
+                             result.skipped.nonzero().flatten().tolist(), s)
         return guided.detach().to(x.dtype)
 
 
 class LossGuidanceGK(GuideKitNode):
+    COST = {"extra_passes": "gradient", "times": "recurrence",
+            "what": "every pass again with gradients, then backward (≈3 passes each)",
+            "overrides": [{"widget": "method", "value": "MPGD", "extra_passes": 0,
+                           "what": "gradient through the decoder and loss only"}]}
+
     @classmethod
     def define_schema(cls) -> io.Schema:
         return io.Schema(
@@ -164,7 +170,8 @@ class LossGuidanceGK(GuideKitNode):
                         "Guidance, LGD-MC, MPGD, DPS) with Polyak step size and random augmentation (Shen et al. "
                         "2024). Works with every sampler; exact for euler / ddim.",
             inputs=[
-                io.Model.Input("model", tooltip="The model to guide (a patched copy is returned; this one is unchanged)."),
+                io.Model.Input("model",
+                               tooltip="The model to guide (a patched copy is returned; this one is unchanged)."),
                 io.Vae.Input("vae", tooltip="Decodes x0 for the loss (use the checkpoint's VAE)."),
                 LossType.Input("loss", tooltip="A chain of GuideKit loss nodes."),
                 io.Combo.Input("method", options=METHODS, default="FreeDoM",
@@ -180,7 +187,8 @@ class LossGuidanceGK(GuideKitNode):
                              tooltip="Random augmentation: average the loss over this many augmented copies "
                                      "(Shen et al. use 20 for CLIP); 0 = off."),
                 io.String.Input("augmentations", default="color,translation,resize,cutout",
-                                tooltip="Augmentations of the copies. Map losses (segmentation, sketch) get colour only."),
+                                tooltip="Augmentations of the copies. "
+                                        "Map losses (segmentation, sketch) get colour only."),
                 io.Int.Input("recurrence", default=1, min=1, max=20,
                              tooltip="Time-travel: repeat each step this many times, re-noising in between."),
                 io.Float.Input("recurrence_start", default=0.2, min=0.0, max=1.0, step=0.001,

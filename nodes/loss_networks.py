@@ -135,7 +135,8 @@ def load_open_clip(name: str, architecture: str, node: str = "GuideKit OpenCLIP 
         model.eval().requires_grad_(False)
     context = (config or {}).get("text_cfg", {}).get("context_length", getattr(model, "context_length", 77))
     try:
-        tokenizer = open_clip.get_tokenizer(arch) if config is None else open_clip.SimpleTokenizer(context_length=context)
+        tokenizer = (open_clip.get_tokenizer(arch) if config is None
+                     else open_clip.SimpleTokenizer(context_length=context))
     except Exception as e:  # HF tokenizers need a download, which a model folder cannot provide
         raise ValueError(f"{node}: the tokenizer of {arch!r} is not available offline ({e}); use an architecture "
                          "with open_clip's built-in tokenizer (ViT-*, RN*, convnext_*)") from e

@@ -15,9 +15,8 @@ import torch.nn.functional as F
 from comfy_api.latest import io
 
 from ..guidance import losses
-from .loss_networks import (NETWORK_FOLDER, NORMALIZATIONS, OPEN_CLIP_FOLDER, load_network, load_open_clip,
-                            model_files)
-from .validation import GuideKitNode
+from .base import GuideKitNode
+from .loss_networks import NETWORK_FOLDER, NORMALIZATIONS, OPEN_CLIP_FOLDER, load_network, load_open_clip, model_files
 
 CATEGORY = "GuideKit/loss guidance"
 LossType = io.Custom("GUIDEKIT_LOSS")
@@ -56,11 +55,14 @@ class OpenClipLoaderGK(GuideKitNode):
             node_id="GuideKitOpenClipLoader", display_name="GuideKit OpenCLIP Loader", category=CATEGORY,
             description="Loads an open_clip model (both towers) from models/open_clip for CLIP losses. Any open_clip "
                         "architecture; 'auto' reads it from the file's metadata or its name.",
-            inputs=[io.Combo.Input("clip_name", options=model_files(OPEN_CLIP_FOLDER) or ["(put files in models/open_clip)"],
+            inputs=[io.Combo.Input("clip_name",
+                                   options=model_files(OPEN_CLIP_FOLDER) or ["(put files in models/open_clip)"],
                                    tooltip="An open_clip checkpoint (.safetensors) in ComfyUI/models/open_clip."),
                     io.String.Input("architecture", default="auto",
                                     tooltip="open_clip model name (e.g. ViT-B-16, ViT-L-14, RN50) or 'auto'.")],
-            outputs=[OpenClipType.Output(display_name="clip", tooltip="The open_clip model, for the CLIP losses and the refiner's neighbour search.")],
+            outputs=[OpenClipType.Output(display_name="clip",
+                                         tooltip="The open_clip model, for the CLIP losses "
+                                                 "and the refiner's neighbour search.")],
         )
 
     @classmethod
@@ -75,7 +77,8 @@ class NetworkLoaderGK(GuideKitNode):
             node_id="GuideKitNetworkLoader", display_name="GuideKit Guidance Network Loader", category=CATEGORY,
             description="Loads a classifier, segmentation or sketch network from models/guidekit_networks "
                         "(safetensors): torchvision or timm architectures by name, the head sized from the file.",
-            inputs=[io.Combo.Input("network_name", options=model_files(NETWORK_FOLDER) or ["(put files in models/guidekit_networks)"],
+            inputs=[io.Combo.Input("network_name",
+                                   options=model_files(NETWORK_FOLDER) or ["(put files in models/guidekit_networks)"],
                                    tooltip="A network (.safetensors) in ComfyUI/models/guidekit_networks."),
                     io.String.Input("architecture", default="auto",
                                     tooltip="'torchvision:<name>' (resnet50, deeplabv3_resnet50, "
@@ -86,7 +89,8 @@ class NetworkLoaderGK(GuideKitNode):
                                            "else ImageNet mean/std."),
                     io.Int.Input("input_size", default=0, min=0, max=4096,
                                  tooltip="Resize images to this square size for the network; 0 = metadata or as is.")],
-            outputs=[NetworkType.Output(display_name="network", tooltip="The network with its input size and normalisation.")],
+            outputs=[NetworkType.Output(display_name="network",
+                                        tooltip="The network with its input size and normalisation.")],
         )
 
     @classmethod
@@ -104,7 +108,8 @@ class ClipTextLossGK(GuideKitNode):
                     io.String.Input("text", default="a photo of a cat", multiline=True,
                                     tooltip="One prompt, or one per line for the images of the batch."),
                     *common_inputs()],
-            outputs=[LossType.Output(display_name="loss", tooltip="The loss chain, for GuideKit Loss Guidance or another loss node.")],
+            outputs=[LossType.Output(display_name="loss",
+                                     tooltip="The loss chain, for GuideKit Loss Guidance or another loss node.")],
         )
 
     @classmethod
@@ -113,7 +118,8 @@ class ClipTextLossGK(GuideKitNode):
         if not prompts:
             raise ValueError("GuideKit CLIP Text Loss: input 'text' is empty; write what the image should show")
         target = clip.encode_text(prompts)
-        fn = lambda images, rows: losses.clip_loss(clip.encode_image(images), per_image(target, rows))
+        def fn(images, rows):
+            return losses.clip_loss(clip.encode_image(images), per_image(target, rows))
         return io.NodeOutput(chain(loss, LossTerm(f"CLIP text {prompts[0]!r}", weight, fn)))
 
 
@@ -123,16 +129,19 @@ class ClipImageLossGK(GuideKitNode):
         return io.Schema(
             node_id="GuideKitClipImageLoss", display_name="GuideKit CLIP Image Loss", category=CATEGORY,
             description="1 − cos(CLIP embedding of x0, CLIP embedding of a reference image): style/content reference.",
-            inputs=[OpenClipType.Input("clip", tooltip="From GuideKit OpenCLIP Loader."), io.Image.Input("image", tooltip="Reference image(s): 1, or one per image."),
+            inputs=[OpenClipType.Input("clip", tooltip="From GuideKit OpenCLIP Loader."),
+                    io.Image.Input("image", tooltip="Reference image(s): 1, or one per image."),
                     *common_inputs()],
-            outputs=[LossType.Output(display_name="loss", tooltip="The loss chain, for GuideKit Loss Guidance or another loss node.")],
+            outputs=[LossType.Output(display_name="loss",
+                                     tooltip="The loss chain, for GuideKit Loss Guidance or another loss node.")],
         )
 
     @classmethod
     def execute(cls, clip, image, weight, loss=None) -> io.NodeOutput:
         with torch.inference_mode(False), torch.no_grad():
             target = clip.encode_image(image.movedim(-1, 1)[:, :3].clone().to(next(clip.model.parameters()).device))
-        fn = lambda images, rows: losses.clip_loss(clip.encode_image(images), per_image(target, rows))
+        def fn(images, rows):
+            return losses.clip_loss(clip.encode_image(images), per_image(target, rows))
         return io.NodeOutput(chain(loss, LossTerm("CLIP image", weight, fn)))
 
 
@@ -146,7 +155,8 @@ class ClassifierLossGK(GuideKitNode):
                     io.String.Input("target_class", default="0",
                                     tooltip="Class index, or comma-separated indices, one per image of the batch."),
                     *common_inputs()],
-            outputs=[LossType.Output(display_name="loss", tooltip="The loss chain, for GuideKit Loss Guidance or another loss node.")],
+            outputs=[LossType.Output(display_name="loss",
+                                     tooltip="The loss chain, for GuideKit Loss Guidance or another loss node.")],
         )
 
     @classmethod
@@ -178,7 +188,8 @@ def aligned_target(target: torch.Tensor, size: tuple[int, int], node: str, input
         raise ValueError(f"{node}: input '{input_name}' is {w}×{h} but the image is {size[1]}×{size[0]} (another "
                          "aspect ratio); give a target of the image's size or aspect ratio")
     if not warned:
-        logging.warning("%s: input '%s' is %d×%d, resized to the image's %d×%d", node, input_name, w, h, size[1], size[0])
+        logging.warning("%s: input '%s' is %d×%d, resized to the image's %d×%d",
+                        node, input_name, w, h, size[1], size[0])
         warned.append(True)
     kwargs = {} if mode == "nearest" else {"align_corners": False}
     return F.interpolate(target.float(), size=tuple(size), mode=mode, **kwargs)
@@ -193,13 +204,16 @@ class SegmentationLossGK(GuideKitNode):
             node_id="GuideKitSegmentationLoss", display_name=cls.NODE, category=CATEGORY,
             description="Per-pixel cross-entropy between a segmentation network's map of x0 and a target: inside the "
                         "mask the class 'mask_class', outside 'background_class' (-1 = no constraint outside).",
-            inputs=[NetworkType.Input("network", tooltip="A segmentation network from GuideKit Guidance Network Loader."), io.Mask.Input("target_mask", tooltip="Where the class should be."),
+            inputs=[NetworkType.Input("network",
+                                      tooltip="A segmentation network from GuideKit Guidance Network Loader."),
+                    io.Mask.Input("target_mask", tooltip="Where the class should be."),
                     io.Int.Input("mask_class", default=1, min=0, max=100000,
                                  tooltip="The class wanted inside the mask (an index of the network's output)."),
                     io.Int.Input("background_class", default=0, min=-1, max=100000,
                                  tooltip="The class wanted outside the mask; -1 = outside is ignored."),
                     *common_inputs()],
-            outputs=[LossType.Output(display_name="loss", tooltip="The loss chain, for GuideKit Loss Guidance or another loss node.")],
+            outputs=[LossType.Output(display_name="loss",
+                                     tooltip="The loss chain, for GuideKit Loss Guidance or another loss node.")],
         )
 
     @classmethod
@@ -232,7 +246,8 @@ class SketchLossGK(GuideKitNode):
                     io.Boolean.Input("invert_target", default=False, tooltip="The target has dark lines on white."),
                     *common_inputs(),
                     NetworkType.Input("network", optional=True, tooltip="A sketch extractor; default Sobel edges.")],
-            outputs=[LossType.Output(display_name="loss", tooltip="The loss chain, for GuideKit Loss Guidance or another loss node.")],
+            outputs=[LossType.Output(display_name="loss",
+                                     tooltip="The loss chain, for GuideKit Loss Guidance or another loss node.")],
         )
 
     @classmethod
@@ -248,7 +263,3 @@ class SketchLossGK(GuideKitNode):
             aligned = aligned_target(target, images.shape[-2:], cls.NODE, "target_sketch", warned, "bilinear")
             return losses.sketch_loss(edges, per_image(aligned, rows))
         return io.NodeOutput(chain(loss, LossTerm("sketch", weight, fn, spatial=True)))
-
-
-LOSS_NODES = [OpenClipLoaderGK, NetworkLoaderGK, ClipTextLossGK, ClipImageLossGK, ClassifierLossGK,
-              SegmentationLossGK, SketchLossGK]

@@ -4,9 +4,9 @@ from __future__ import annotations
 from comfy_api.latest import io
 
 from ..guidance.pag import joint_identity_attention
+from .base import GuideKitNode
 from .branch import patch_with_branch
-from .common import CATEGORY, LAYERS_TOOLTIP, branch_inputs, range_inputs, sigma_override_inputs
-from .validation import GuideKitNode
+from .common import CATEGORY, LAYERS_TOOLTIP, REPLACE_UNCOND_COST, branch_inputs, range_inputs, sigma_override_inputs
 
 NODE = "GuideKit PAG"
 
@@ -17,6 +17,10 @@ def identity_perturbation(q, k, v, grid):
 
 
 class PerturbedAttentionGuidanceGK(GuideKitNode):
+    COST = {"extra_passes": 1, "what": "a pass of the positive with identity self-attention",
+            "overrides": [REPLACE_UNCOND_COST]}
+    COMPARE = {"pag": {}, "pag-only": {"cfg": 1.0}}
+
     @classmethod
     def define_schema(cls) -> io.Schema:
         return io.Schema(
@@ -24,9 +28,11 @@ class PerturbedAttentionGuidanceGK(GuideKitNode):
             description="Perturbed-Attention Guidance: guide away from a pass whose chosen self-attention maps "
                         "are replaced by the identity. UNet (SD1.x/SDXL) and DiT (SD3, Flux, Chroma) models.",
             inputs=[
-                io.Model.Input("model", tooltip="The model to guide (a patched copy is returned; this one is unchanged)."),
+                io.Model.Input("model",
+                               tooltip="The model to guide (a patched copy is returned; this one is unchanged)."),
                 io.Float.Input("scale", default=3.0, min=0.0, max=100.0, step=0.01,
-                               tooltip="PAG scale s in CFG + s·(cond − perturbed); 0 = off. Papers: 3 with CFG, 5 alone."),
+                               tooltip="PAG scale s in CFG + s·(cond − perturbed); 0 = off. "
+                                       "Papers: 3 with CFG, 5 alone."),
                 io.String.Input("layers", default="default", tooltip=LAYERS_TOOLTIP),
                 *range_inputs(),
                 io.Float.Input("adaptive_scale", default=0.0, min=0.0, max=1.0, step=0.0001,
@@ -41,6 +47,7 @@ class PerturbedAttentionGuidanceGK(GuideKitNode):
     @classmethod
     def execute(cls, model, scale, layers, start_percent, end_percent, adaptive_scale, rescale, mode,
                 evaluation, sigma_start=-1.0, sigma_end=-1.0) -> io.NodeOutput:
-        return io.NodeOutput(patch_with_branch(model, NODE, identity_perturbation, scale, layers, start_percent, end_percent,
-                                   rescale, mode, evaluation, sigma_start, sigma_end, adaptive=adaptive_scale))
+        return io.NodeOutput(patch_with_branch(model, NODE, identity_perturbation, scale, layers,
+                                               start_percent, end_percent, rescale, mode, evaluation,
+                                               sigma_start, sigma_end, adaptive=adaptive_scale))
 

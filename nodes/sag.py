@@ -3,77 +3,69 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-import torch
 import comfy.samplers
+import torch
 from comfy_api.latest import io
 
 from ..guidance.sag import degrade, key_saliency, saliency_mask
+from . import registrar
 from .attention_hooks import image_grid, install
-from .branch import run_calc, sigma_range
+from .base import GuideKitNode
 from .common import CATEGORY, range_inputs, sigma_override_inputs
 from .layers import Architecture, Layer, architecture, format_layers, parse_layers
-from .validation import GuideKitNode
 
 NODE = "GuideKit SAG"
 
 
 @dataclass
-class SelfAttentionGuidance:
+class BlurredAttendedRegion(registrar.Negative):
+    """SAG's pair: the x0 of the pass that already ran, blurred where the layer's attention concentrates
+    (D_pos), and the model's prediction on that blurred x0 re-noised (D_neg)."""
     arch: Architecture
     layer: Layer
-    scale: float
     blur_sigma: float
     threshold: float
-    active: object
     token: object = field(default_factory=object)
     _records: list = field(default_factory=list)    # [(input tensor, saliency (B, N), grid)] of this step
 
-    def record(self, x: torch.Tensor):
-        """A perturbation that changes nothing and keeps the key saliency of the rows it sees."""
+    def record(self, model_options: dict, x: torch.Tensor, row: int) -> dict:
+        """model_options whose hook keeps the key saliency of `row` and changes nothing."""
         def perturbation(q, k, v, grid):
             self._records.append((x, key_saliency(q, k, grid[0] * grid[1]), grid))
             return None
-        return perturbation
-
-    def with_recorder(self, model_options: dict, x: torch.Tensor, row: int) -> dict:
-        return install(model_options, self.arch, [self.layer], self.token, self.record(x), [row],
+        return install(model_options, self.arch, [self.layer], self.token, perturbation, [row],
                        image_grid(self.arch, x.shape))
 
-    def calc_cond_batch(self, args: dict, previous) -> list[torch.Tensor]:
-        """Record the attention of the uncond rows (cond when CFG is off) inside the normal model call."""
+    def observe(self, args: dict) -> dict:
+        """Record the attention of the uncond rows (cond when CFG is off) inside the sampler's own call."""
         self._records.clear()
-        conds, x = args["conds"], args["input"]
-        if not self.active.active(args["sigma"]) or self.scale == 0.0:
-            return run_calc(args, previous, conds, args["model_options"])
-        row = 1 if conds[1] is not None else 0
-        return run_calc(args, previous, conds, self.with_recorder(args["model_options"], x, row))
+        return self.record(args["model_options"], args["input"], 1 if args["conds"][1] is not None else 0)
 
-    def post_cfg(self, args: dict) -> torch.Tensor:
-        denoised, x, sigma, model = args["denoised"], args["input"], args["sigma"], args["model"]
-        if not self.active.active(sigma) or self.scale == 0.0:
-            return denoised
+    def pair(self, args: dict, batched: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        x, sigma, model = args["input"], args["sigma"], args["model"]
         use_uncond = args.get("uncond") is not None
         branch_cond = args["uncond"] if use_uncond else args["cond"]
         x0 = args["uncond_denoised"] if use_uncond else args["cond_denoised"]
         records = [r for r in self._records if r[0] is x]
         self._records.clear()
         if not records:     # a guider bypassed the batch function: record in a pass of our own
-            mo = self.with_recorder(args["model_options"], x, 0)
-            x0 = comfy.samplers.calc_cond_batch(model, [branch_cond], x, sigma, mo)[0]
+            x0 = registrar.denoise(args, branch_cond, self.record(args["model_options"], x, 0))
             records = [r for r in self._records if r[0] is x]
             self._records.clear()
         _, saliency, (h, w) = records[-1]
         # ADM attention_masking: blur x0 where attention concentrates, re-noise with the model's own noise.
         degraded = degrade(x0, saliency_mask(saliency.to(x0.dtype), h, w, self.threshold), self.blur_sigma)
-        ms = model.model_sampling
-        signal = ms.noise_scaling(sigma, torch.zeros_like(x), torch.ones_like(x))    # x = signal·x0 + σ·ε
+        signal = model.model_sampling.noise_scaling(sigma, torch.zeros_like(x), torch.ones_like(x))  # x = s·x0 + σ·ε
         x_degraded = x + signal * (degraded - x0)
-        (sag,) = comfy.samplers.calc_cond_batch(model, [branch_cond], x_degraded, sigma, args["model_options"])
         # SAG eq. 25 in D-space: + s·(x̄0 − D(x̄_t)), the uncond prediction's degraded-input counterpart.
-        return denoised + self.scale * (degraded - sag)
+        sag = comfy.samplers.calc_cond_batch(model, [branch_cond], x_degraded, sigma, args["model_options"])[0]
+        return degraded, sag
 
 
 class SelfAttentionGuidanceGK(GuideKitNode):
+    COST = {"extra_passes": 1, "what": "a pass on the blurred, re-noised prediction"}
+    COMPARE = {"sag": {}}
+
     @classmethod
     def define_schema(cls) -> io.Schema:
         return io.Schema(
@@ -82,16 +74,19 @@ class SelfAttentionGuidanceGK(GuideKitNode):
                         "concentrates, re-noise it, and guide away from the model's answer on it. Works with "
                         "batches, any aspect ratio, chunked batches, UNet and DiT models.",
             inputs=[
-                io.Model.Input("model", tooltip="The model to guide (a patched copy is returned; this one is unchanged)."),
+                io.Model.Input("model",
+                               tooltip="The model to guide (a patched copy is returned; this one is unchanged)."),
                 io.Float.Input("scale", default=0.5, min=0.0, max=5.0, step=0.01,
                                tooltip="SAG scale s; 0 = off. SD: 0.5-0.75 (diffusers 0.75, ComfyUI core 0.5)."),
                 io.Float.Input("blur_sigma", default=2.0, min=0.01, max=10.0, step=0.01,
-                               tooltip="σ of the 9×9 Gaussian that degrades the attended region (core: 2, diffusers: 1)."),
+                               tooltip="σ of the 9×9 Gaussian that degrades the attended region "
+                                       "(core: 2, diffusers: 1)."),
                 io.String.Input("layer", default="default",
                                 tooltip="The one self-attention layer whose map makes the mask, e.g. 'middle.0.0' "
                                         "(the default on UNets, as in the paper and core) or 'single.9' on Flux."),
                 io.Float.Input("threshold", default=1.0, min=0.0, max=10.0, step=0.01,
-                               tooltip="Keys receiving more than threshold × average attention are blurred (paper: 1)."),
+                               tooltip="Keys receiving more than threshold × average attention "
+                                       "are blurred (paper: 1)."),
                 *range_inputs(),
                 *sigma_override_inputs(),
             ],
@@ -107,10 +102,8 @@ class SelfAttentionGuidanceGK(GuideKitNode):
         if len(chosen) != 1:
             raise ValueError(f"{NODE}: input 'layer' must name exactly one layer, {layer!r} names "
                              f"{len(chosen)}: {format_layers(chosen)}")
-        sag = SelfAttentionGuidance(arch, chosen[0], scale, blur_sigma, threshold,
-                                    sigma_range(model, NODE, start_percent, end_percent, sigma_start, sigma_end))
+        negative = BlurredAttendedRegion(arch, chosen[0], blur_sigma, threshold)
+        active = registrar.sigma_range(model, NODE, start_percent, end_percent, sigma_start, sigma_end)
         m = model.clone()
-        previous = m.model_options.get("sampler_calc_cond_batch_function")
-        m.set_model_sampler_calc_cond_batch_function(lambda args: sag.calc_cond_batch(args, previous))
-        m.set_model_sampler_post_cfg_function(lambda args: sag.post_cfg(args))     # a closure survives clone()
+        registrar.register(m, registrar.Guidance(NODE, negative, active, lambda sigma: scale, batched=lambda x: False))
         return io.NodeOutput(m)

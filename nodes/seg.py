@@ -4,9 +4,9 @@ from __future__ import annotations
 from comfy_api.latest import io
 
 from ..guidance.seg import blur_image_queries
-from .common import CATEGORY, LAYERS_TOOLTIP, branch_inputs, range_inputs, sigma_override_inputs
+from .base import GuideKitNode
 from .branch import patch_with_branch
-from .validation import GuideKitNode
+from .common import CATEGORY, LAYERS_TOOLTIP, REPLACE_UNCOND_COST, branch_inputs, range_inputs, sigma_override_inputs
 
 NODE = "GuideKit SEG"
 
@@ -19,6 +19,10 @@ def blurred_queries(sigma: float):
 
 
 class SmoothedEnergyGuidanceGK(GuideKitNode):
+    COST = {"extra_passes": 1, "what": "a pass of the positive with blurred attention queries",
+            "overrides": [REPLACE_UNCOND_COST]}
+    COMPARE = {"seg": {}}
+
     @classmethod
     def define_schema(cls) -> io.Schema:
         return io.Schema(
@@ -26,9 +30,11 @@ class SmoothedEnergyGuidanceGK(GuideKitNode):
             description="Smoothed Energy Guidance: guide away from a pass whose chosen self-attention queries "
                         "are Gaussian-blurred over the image grid (any aspect ratio). UNet and DiT models.",
             inputs=[
-                io.Model.Input("model", tooltip="The model to guide (a patched copy is returned; this one is unchanged)."),
+                io.Model.Input("model",
+                               tooltip="The model to guide (a patched copy is returned; this one is unchanged)."),
                 io.Float.Input("scale", default=3.0, min=0.0, max=100.0, step=0.01,
-                               tooltip="SEG scale in CFG + s·(cond − blurred); the paper fixes 3 and tunes blur_sigma."),
+                               tooltip="SEG scale in CFG + s·(cond − blurred); "
+                                       "the paper fixes 3 and tunes blur_sigma."),
                 io.Float.Input("blur_sigma", default=-1.0, min=-1.0, max=10000.0, step=0.01,
                                tooltip="Gaussian σ in tokens (kernel = smallest odd ≥ 6σ+1). ≤ 0 or ≥ 9999 = "
                                        "infinite: every query becomes the mean query (the paper's best)."),

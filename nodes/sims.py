@@ -18,7 +18,7 @@ from comfy_api.latest import io
 from ..guidance.sims import denoising_loss
 from . import compat
 from .autograd import InPlaceSafe, autograd_ready
-from .validation import GuideKitNode
+from .base import GuideKitNode
 
 NODE = "GuideKit SIMS LoRA"
 CATEGORY = "GuideKit/dual model"
@@ -123,11 +123,14 @@ class SIMSLoRAGK(GuideKitNode):
                 io.Latent.Input("latents", tooltip="The synthetic set: the model's own samples."),
                 io.Conditioning.Input("positive", tooltip="The conditioning that generated the latents; its rows "
                                                           "repeat over the batch as in sampling."),
-                io.Int.Input("steps", default=200, min=1, max=100000, tooltip="Optimizer steps (budget = steps × batch_size images)."),
+                io.Int.Input("steps", default=200, min=1, max=100000,
+                             tooltip="Optimizer steps (budget = steps × batch_size images)."),
                 io.Int.Input("batch_size", default=32, min=1, max=4096, tooltip="Latents per training step."),
-                io.Float.Input("learning_rate", default=1e-3, min=1e-7, max=1.0, step=1e-6, tooltip="AdamW learning rate of the LoRA."),
+                io.Float.Input("learning_rate", default=1e-3, min=1e-7, max=1.0, step=1e-6,
+                               tooltip="AdamW learning rate of the LoRA."),
                 io.Int.Input("rank", default=8, min=1, max=256, tooltip="LoRA rank (alpha = rank)."),
-                io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, tooltip="Seeds noise, times and batches: same inputs, same LoRA."),
+                io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF,
+                             tooltip="Seeds noise, times and batches: same inputs, same LoRA."),
             ],
             outputs=[io.Model.Output(display_name="sims_model", tooltip="The model with the self-trained LoRA."),
                      io.Custom("LORA_MODEL").Output(display_name="lora", tooltip="The LoRA, for ComfyUI's Save LoRA."),

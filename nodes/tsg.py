@@ -6,10 +6,9 @@ import torch
 from comfy_api.latest import io
 
 from ..guidance.tsg import perturbed_time_embedding
-from .branch import sigma_range
+from . import registrar
+from .base import GuideKitNode
 from .common import range_inputs, sigma_override_inputs
-from .negative_swap import replace_uncond, step_generator
-from .validation import GuideKitNode
 
 NODE = "GuideKit TSG"
 CATEGORY = "GuideKit/condition"
@@ -45,7 +44,7 @@ class TimeEmbeddingNoise:
         base = executor.class_obj
         ms = base.model_sampling
         t_unit = ms.timestep(t).float() / float(ms.timestep(ms.sigma_max))
-        gen = step_generator(self.seed, t)
+        gen = registrar.step_generator(self.seed, t)
 
         def hook(module, inputs, out):
             mine = rows.to(out.device)
@@ -60,7 +59,25 @@ class TimeEmbeddingNoise:
             handle.remove()
 
 
+class NoisedTime(registrar.Negative):
+    """TSG's negative: the positive, with the time embedding noised on its rows by an APPLY_MODEL wrapper."""
+
+    def __init__(self, noise: TimeEmbeddingNoise):
+        self.noise = noise
+
+    def setup(self, m) -> None:
+        m.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.APPLY_MODEL, MARK, self.noise)
+
+    def batch(self, args: dict, row: int) -> tuple[list, dict]:
+        options = dict(args["model_options"])
+        options["transformer_options"] = {**options.get("transformer_options", {}), MARK: self.noise}
+        return args["conds"][0], options
+
+
 class TimestepGuidanceGK(GuideKitNode):
+    COST = {"extra_passes": 0, "what": "the unconditional pass runs with a noised time embedding"}
+    COMPARE = {"tsg": {}}
+
     @classmethod
     def define_schema(cls) -> io.Schema:
         return io.Schema(
@@ -69,7 +86,8 @@ class TimestepGuidanceGK(GuideKitNode):
                         "with its time embedding noised, t_emb + s·t^α·n; guidance weight = the sampler's cfg. For "
                         "unconditional models (and conditional ones without a usable negative).",
             inputs=[
-                io.Model.Input("model", tooltip="The model to guide (a patched copy is returned; this one is unchanged)."),
+                io.Model.Input("model",
+                               tooltip="The model to guide (a patched copy is returned; this one is unchanged)."),
                 io.Float.Input("noise_scale", default=1.0, min=0.0, max=100.0, step=0.01,
                                tooltip="s in t_emb + s·t^α·n (absolute, in the embedding's units)."),
                 io.Float.Input("alpha", default=1.0, min=0.0, max=10.0, step=0.01,
@@ -86,15 +104,9 @@ class TimestepGuidanceGK(GuideKitNode):
     def execute(cls, model, noise_scale, alpha, seed, start_percent, end_percent, sigma_start=-1.0,
                 sigma_end=-1.0) -> io.NodeOutput:
         embedder = time_embedder(model)
-        active = sigma_range(model, NODE, start_percent, end_percent, sigma_start, sigma_end)
-        noise = TimeEmbeddingNoise(embedder, noise_scale, alpha, seed)
+        active = registrar.sigma_range(model, NODE, start_percent, end_percent, sigma_start, sigma_end)
         m = model.clone()
-        m.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.APPLY_MODEL, MARK, noise)
-
-        def noised_time(args: dict) -> tuple[list, dict]:
-            mo = dict(args["model_options"])
-            mo["transformer_options"] = {**mo.get("transformer_options", {}), MARK: noise}
-            return args["conds"][0], mo
-
-        replace_uncond(m, NODE, active, noised_time)
+        registrar.register(m, registrar.Guidance(NODE, NoisedTime(TimeEmbeddingNoise(embedder, noise_scale, alpha,
+                                                                                      seed)), active, None,
+                                                 replace_uncond=True))
         return io.NodeOutput(m)

@@ -3,13 +3,11 @@
 ComfyUI does not check everything a schema declares (0.3.75 runs V3 nodes with unknown combo values, and
 no version refuses NaN, which passes every min/max comparison), and headless API callers send any JSON.
 A NaN scale gives an all-black "success"; an unknown mode silently runs the default. So each GuideKit
-node's execute first checks its inputs: numbers finite and inside [min, max], integers whole, combo values
-among the options. Errors name the node, the input and the fix.
+node's execute first checks its inputs (nodes/base.py wraps it): numbers finite and inside [min, max],
+integers whole, combo values among the options. Errors name the node, the input and the fix.
 """
 from __future__ import annotations
 
-import functools
-import inspect
 import math
 
 from comfy_api.latest import io
@@ -50,26 +48,3 @@ def _bounds(spec) -> str:
 def _short(value) -> str:
     text = repr(value)
     return text if len(text) <= 80 else text[:77] + "..."
-
-
-class GuideKitNode(io.ComfyNode):
-    """Base of every GuideKit node: `execute` checks its inputs against `define_schema()` first."""
-
-    def __init_subclass__(cls, **kwargs):
-        super().__init_subclass__(**kwargs)
-        execute = cls.__dict__.get("execute")
-        # ComfyUI runs a locked subclass ("clone") of each node carrying the same execute: wrap only ours, once.
-        if isinstance(execute, classmethod) and not getattr(execute.__func__, "checks_inputs", False):
-            cls.execute = classmethod(_checked(execute.__func__))
-
-
-def _checked(execute):
-    signature = inspect.signature(execute)
-
-    @functools.wraps(execute)
-    def run(cls, *args, **kwargs):
-        bound = signature.bind(cls, *args, **kwargs)
-        check_inputs(cls.define_schema(), bound.arguments)
-        return execute(cls, *args, **kwargs)
-    run.checks_inputs = True
-    return run

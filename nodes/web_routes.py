@@ -5,10 +5,11 @@
                                                               what TEXT selects (the nodes' own parser)
     GET /guidekit/schedule?folder=&name=&scheduler=&sampler=&steps=&denoise=&start_percent=&end_percent=
                           [&sigma_start=&sigma_end=]        → σ per step and which steps are active
-    GET /guidekit/costs                                     → extra model passes per step of each node
+    GET /guidekit/costs                                     → extra model passes per step of each node,
+                                                              model loaders, compare-grid methods
 
 Every failure is a JSON {"error": message} with status 400; nothing here raises into the server. Parameters
-are bounded (schedule: 1-10000 steps, 0 < denoise ≤ 1, at most 10000 σ) and the work runs off the event loop.
+are bounded (schedule: 1-1000 steps, 0 < denoise ≤ 1, at most 1000 σ) and the work runs off the event loop.
 """
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from aiohttp import web
 
-from .costs import COSTS
+from . import catalog
 from .model_info import LOADERS, default_model_sampling, describe, schedule
 
 _registered = False
@@ -84,7 +85,8 @@ async def schedule_route(request: web.Request) -> web.Response:
 
 
 async def costs_route(request: web.Request) -> web.Response:
-    return web.json_response({"costs": COSTS, "loaders": {k: list(v) for k, v in LOADERS.items()}})
+    return web.json_response({"costs": catalog.costs(), "loaders": {k: list(v) for k, v in LOADERS.items()},
+                              "methods": catalog.compare_methods()})
 
 
 def register_routes() -> bool:

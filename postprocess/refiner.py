@@ -192,7 +192,8 @@ def save_refiner(path: Path, refiner: Refiner, space: str, sample_shape: tuple[i
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    save_file({k: v.detach().float().contiguous().cpu() for k, v in refiner.state_dict().items()}, str(tmp), metadata=meta)
+    save_file({k: v.detach().float().contiguous().cpu() for k, v in refiner.state_dict().items()},
+              str(tmp), metadata=meta)
     tmp.replace(path)
     return path
 
@@ -208,7 +209,7 @@ def load_refiner(path: Path) -> RefinerFile:
     meta = read_metadata(path)
     if meta.get("guidekit.kind") != KIND:
         raise ValueError(f"{path.name} is not a GuideKit flow refiner (metadata guidekit.kind = "
-                         f"{meta.get('guidekit.kind')!r}); train one with `python -m guidekit.train_refiner`")
+                         f"{meta.get('guidekit.kind')!r}); train one with `python -m guidekit.cli.train_refiner`")
     try:
         architecture = json.loads(meta["guidekit.architecture"])
         with torch.device("meta"):              # shapes first: a hostile architecture allocates nothing

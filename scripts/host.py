@@ -2,8 +2,9 @@
 """Build and use GuideKit's real ComfyUI test host (stdlib only; run with any Python >= 3.10).
 
     python3 scripts/host.py setup                 build the host (cached, reused when present)
-    python3 scripts/host.py run WORKFLOW [ARGS]   run a workflow headless (see `python -m guidekit.run -h`)
+    python3 scripts/host.py run WORKFLOW [ARGS]   run a workflow headless (see `python -m guidekit.cli.run -h`)
     python3 scripts/host.py test [PYTEST ARGS]    run the test suite against the host
+    python3 scripts/host.py lint                  ruff over the tree (rules in pyproject.toml)
     python3 scripts/host.py run-python FILE [ARGS] run a Python script (benchmarks, training) in the host
     python3 scripts/host.py env                   print the environment variables the host uses
 
@@ -17,7 +18,6 @@ frontend package beside the tree's own one, for the browser tests.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import re
 import shutil
@@ -139,8 +139,10 @@ def host_env() -> dict[str, str]:
     env["GUIDEKIT_MODELS_DIR"] = str(CACHE / "models")
     if newest_frontend_root().is_dir():
         env.setdefault("GUIDEKIT_EXTRA_FRONTEND", str(newest_frontend_root()))
-    pypath = str(CACHE / "pypath")
-    env["PYTHONPATH"] = pypath + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    # The host's import roots: the pack as `guidekit`, the test fixtures (thin models) and the benchmarks'
+    # library (`evidence`), so no script edits sys.path to find them.
+    roots = [str(CACHE / "pypath"), str(REPO / "tests"), str(REPO / "benchmarks")]
+    env["PYTHONPATH"] = os.pathsep.join(roots + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
     env.setdefault("PYTHONUNBUFFERED", "1")
     return env
 
@@ -316,13 +318,16 @@ def main(argv: list[str]) -> int:
         if cmd == "run":
             setup(with_tests=False)
             ensure_default_model()
-            args = [str(host_python()), "-m", f"{PACK_NAME}.run", *rest]
+            args = [str(host_python()), "-m", f"{PACK_NAME}.cli.run", *rest]
             if "--models-dir" not in rest:
                 args += ["--models-dir", str(CACHE / "models")]
             return subprocess.call(args, env=host_env())
         if cmd == "run-python":
             setup(with_tests=True)
             return subprocess.call([str(host_python()), *rest], cwd=REPO, env=host_env())
+        if cmd == "lint":
+            setup(with_tests=True)
+            return subprocess.call([str(host_python()), "-m", "ruff", "check", "--no-cache", str(REPO)], cwd=REPO)
         if cmd == "test":
             setup(with_tests=True)
             t0 = time.monotonic()

@@ -18,8 +18,8 @@ from pathlib import Path
 
 from PIL import Image
 
-from guidekit.run import ComfyServer
-from guidekit.ui_workflow import api_to_ui
+from guidekit.cli.run import ComfyServer
+from guidekit.cli.ui_workflow import api_to_ui
 
 REPO = Path(__file__).resolve().parent.parent
 WORKFLOWS = REPO / "workflows"

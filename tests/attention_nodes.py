@@ -1,7 +1,7 @@
 """Helpers for the attention-guidance host tests: our nodes and core's with defaults, and a row counter."""
 from __future__ import annotations
 
-from comfy_host import import_comfy
+from guidekit.cli.inprocess import import_comfy
 
 import_comfy()
 from comfy_extras.nodes_pag import PerturbedAttentionGuidance as CorePAG  # noqa: E402

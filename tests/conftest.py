@@ -19,7 +19,7 @@ DEFAULT_CHECKPOINT = "guidekit-thin-sd15.safetensors"
 
 @pytest.fixture(scope="session")
 def comfy():
-    from comfy_host import import_comfy
+    from guidekit.cli.inprocess import import_comfy
     return import_comfy()
 
 
@@ -44,7 +44,7 @@ def models_dir(tmp_path_factory, comfy) -> Path:
 @pytest.fixture(scope="session")
 def server(models_dir, tmp_path_factory):
     """One real ComfyUI server (main.py --cpu on loopback) with the pack in custom_nodes and its own input folder."""
-    from guidekit.run import ComfyServer
+    from guidekit.cli.run import ComfyServer
     srv = ComfyServer(Path(os.environ["COMFYUI_PATH"]), models_dir,
                       input_dir=tmp_path_factory.mktemp("comfyui-input")).start()
     yield srv
@@ -57,7 +57,7 @@ def server(models_dir, tmp_path_factory):
 def frontend_server(request, models_dir):
     """A ComfyUI server per frontend, for the browser tests: the frontend the host ships with, and the
     frontend package whose static folder $GUIDEKIT_EXTRA_FRONTEND names (scripts/host.py sets it)."""
-    from guidekit.run import ComfyServer
+    from guidekit.cli.run import ComfyServer
     root = None
     if request.param == "extra_frontend":
         if not os.environ.get("GUIDEKIT_EXTRA_FRONTEND"):

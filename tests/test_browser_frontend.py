@@ -17,8 +17,8 @@ pytestmark = [pytest.mark.browser, pytest.mark.e2e, pytest.mark.slow]
 REPO = Path(__file__).resolve().parent.parent
 ARTIFACTS = Path(os.environ.get("GUIDEKIT_ARTIFACTS") or REPO / "test-artifacts")
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-                  "--disable-component-update", "--disable-sync"]
+CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 PACK_MODULE = "custom_nodes.comfyui-guidekit"
 TEMPLATES = sorted(p.stem for p in (REPO / "workflows").glob("*.json"))
 CHECKPOINT = "guidekit-thin-sd15.safetensors"
@@ -99,7 +99,8 @@ def screenshot(page, name: str) -> Path:
 
 
 def test_frontend_loads_our_extension_without_errors(app):
-    ours = [entry for entry in app.guidekit_log if entry[0] == "response" and "/extensions/comfyui-guidekit/" in entry[2]]
+    ours = [entry for entry in app.guidekit_log
+            if entry[0] == "response" and "/extensions/comfyui-guidekit/" in entry[2]]
     assert any(e[2].endswith("guidekit.js") and e[1] == "200" for e in ours), ours
     problems = [e for e in app.guidekit_log if e[0] in ("error", "pageerror", "warning")
                 and ("guidekit" in (e[1] + e[2]).lower())]
@@ -196,7 +197,8 @@ def caption(schedule: dict) -> str:
 def test_badge_and_schedule_follow_the_widgets(app):
     load_template(app, "pag_sd15")
     assert wait_guidekit(app, "GuideKitPAG", "n.guidekit.badge") == "+1 pass/step"
-    steps = app.evaluate("window.app.graph.nodes.find(x => x.type === 'KSampler').widgets.find(w => w.name === 'steps').value")
+    steps = app.evaluate("window.app.graph.nodes.find(x => x.type === 'KSampler')"
+                         ".widgets.find(w => w.name === 'steps').value")
     full = wait_guidekit(app, "GuideKitPAG", "n.guidekit.schedule && n.guidekit.schedule.active")
     assert len(full) == steps and all(full)
     focus(app, "GuideKitPAG")
@@ -204,7 +206,8 @@ def test_badge_and_schedule_follow_the_widgets(app):
     assert shown == {"visible": True, "badge": "+1 pass/step", "steps": full,
                      "caption": caption(server_schedule(app, steps, 0, 1))}, shown
     set_widget(app, "GuideKitPAG", "mode", "replace uncond")
-    assert wait_guidekit(app, "GuideKitPAG", "n.guidekit.badge && n.guidekit.badge.startsWith('+0') && n.guidekit.badge") \
+    assert wait_guidekit(app, "GuideKitPAG",
+                         "n.guidekit.badge && n.guidekit.badge.startsWith('+0') && n.guidekit.badge") \
         == "+0 passes/step"
     set_widget(app, "GuideKitPAG", "start_percent", 0.5)
     half = wait_guidekit(app, "GuideKitPAG", "n.guidekit.schedule?.active && !n.guidekit.schedule.active[0] "
@@ -271,7 +274,8 @@ def test_vue_nodes_show_the_badge_the_schedule_and_the_picker(app, vue_nodes):
     node = app.locator(f"[data-node-id='{node_id}']")
     row = node.locator(".guidekit-info")                          # inside the Vue node's own DOM
     row.wait_for(timeout=15_000)
-    steps = app.evaluate("window.app.graph.nodes.find(x => x.type === 'KSampler').widgets.find(w => w.name === 'steps').value")
+    steps = app.evaluate("window.app.graph.nodes.find(x => x.type === 'KSampler')"
+                         ".widgets.find(w => w.name === 'steps').value")
     expected = caption(server_schedule(app, steps, 0, 1))
     row.locator(".guidekit-caption", has_text=expected).wait_for(timeout=15_000)
     assert shown_info(app, "GuideKitPAG") == {"visible": True, "badge": "+1 pass/step", "caption": expected,
@@ -295,7 +299,8 @@ XSS = '<img src=x onerror="window.__guidekit_xss=1"> <script>window.__guidekit_x
 def no_markup_ran(app) -> None:
     assert app.evaluate("window.__guidekit_xss") is None
     planted = app.evaluate("""() => [...document.querySelectorAll('img, script')]
-        .filter(e => (e.getAttribute('onerror') || e.textContent || '').includes('__guidekit_xss')).map(e => e.outerHTML)""")
+        .filter(e => (e.getAttribute('onerror') || e.textContent || '').includes('__guidekit_xss'))"""
+                           """.map(e => e.outerHTML)""")
     assert planted == []
 
 
@@ -325,7 +330,8 @@ def test_server_and_workflow_text_is_shown_as_text(app, frontend_server, name):
         const saved = window.app.graph.serialize();
         await window.app.loadGraphData(saved, true, true, 'markup');
         return window.app.graph.nodes.filter(n => n.type.startsWith('GuideKit') || n.type === 'CheckpointLoaderSimple')
-            .map(n => [n.type, n.title, n.widgets.filter(w => typeof w.value === 'string').map(w => [w.name, w.value])]);
+            .map(n => [n.type, n.title, n.widgets.filter(w => typeof w.value === 'string')"""
+        """.map(w => [w.name, w.value])]);
     }""", [workflow, strings, XSS])
     ours = [(type, title, values) for type, title, values in marked if type in strings]
     assert ours and all(title == XSS for _, title, _ in ours), marked
@@ -336,13 +342,15 @@ def test_server_and_workflow_text_is_shown_as_text(app, frontend_server, name):
     assert app.evaluate("() => window.app.graph.nodes.some(n => n.guidekit)"), "no GuideKit node with a badge or strip"
     app.wait_for_function("""() => window.app.graph.nodes.filter(n => n.guidekit)
         .every(n => n.guidekit.badge && (!n.guidekit.hasRange || n.guidekit.schedule?.error))""", timeout=20_000)
-    shown = app.evaluate("""() => window.app.graph.nodes.filter(n => n.guidekit?.hasRange).map(n => [n.guidekit.schedule.error,
+    shown = app.evaluate("""() => window.app.graph.nodes.filter(n => n.guidekit?.hasRange)"""
+                         """.map(n => [n.guidekit.schedule.error,
         n.widgets.find(w => w.name === 'guidekit_info').element.querySelector('.guidekit-caption').textContent])""")
     assert all(error and caption == error for error, caption in shown), shown
     no_markup_ran(app)
 
     pickers = app.evaluate("""() => window.app.graph.nodes.filter(n => n.widgets?.some(w => w.name === 'pick layers…'))
-        .map(n => [n.id, (n.widgets.find(w => w.name === 'layers') || n.widgets.find(w => w.name === 'layer')).value])""")
+        .map(n => [n.id, (n.widgets.find(w => w.name === 'layers') || n.widgets.find(w => w.name === 'layer'))"""
+                             """.value])""")
     assert pickers or name == "clip_guidance_sd15"                # its nodes have no layers input
     dialog = app.locator("#guidekit-layer-picker")
     for checkpoint in (XSS, CHECKPOINT):                          # a file the server cannot find, then the real one
@@ -350,8 +358,8 @@ def test_server_and_workflow_text_is_shown_as_text(app, frontend_server, name):
             .forEach(n => { n.widgets.find(w => w.name === 'ckpt_name').value = name; })""", checkpoint)
         for node_id, layers in pickers:
             assert layers == XSS
-            app.evaluate("(id) => window.app.graph.getNodeById(id).widgets.find(w => w.name === 'pick layers…').callback()",
-                         node_id)
+            app.evaluate("(id) => window.app.graph.getNodeById(id)"
+                         ".widgets.find(w => w.name === 'pick layers…').callback()", node_id)
             close = dialog.get_by_role("button", name="Close" if checkpoint == XSS else "Cancel")
             close.wait_for(timeout=15_000)
             text = dialog.text_content()

@@ -79,7 +79,6 @@ def test_quality_smoke_scores_every_registered_method(tmp_path):
     assert out.returncode == 0, out.stderr[-3000:]
     results = json.loads((tmp_path / "quality.json").read_text())
     assert results["meta"]["smoke"] is True
-    sys.path.insert(0, str(REPO / "benchmarks"))
     from evidence.methods import REGISTRY
     for dataset in ("toy", "mnist", "mnist-uncond"):
         ds = results["datasets"][dataset]
@@ -88,7 +87,8 @@ def test_quality_smoke_scores_every_registered_method(tmp_path):
         assert ({"unguided"} if dataset == "mnist-uncond" else {"unguided", "cfg"}) <= expected
         for run in ds["runs"]:
             for metric, summary in run["metrics"].items():
-                assert len(summary["values"]) == 2 and summary["mean"] == summary["mean"], (dataset, run["label"], metric)
+                assert len(summary["values"]) == 2 and summary["mean"] == summary["mean"], \
+                    (dataset, run["label"], metric)
             assert run["time_ratio"] > 0
         assert ds["time_base"] == ("unguided" if dataset == "mnist-uncond" else "cfg")
         assert Image.open(tmp_path / f"quality_{dataset}.png").size[0] > 100
@@ -108,9 +108,10 @@ def test_training_scripts_run_end_to_end(tmp_path):
     assert out.returncode == 0, out.stderr[-3000:]
     out = run_script(REPO / "benchmarks" / "train_toy.py", "--iters", 3, "--quiet", "--out-dir", tmp_path)
     assert out.returncode == 0, out.stderr[-3000:]
-    check = ("import sys, pathlib; sys.path.insert(0, 'benchmarks');"
+    check = ("import sys, pathlib;"
              "from evidence import comfy_models as c; p = pathlib.Path(sys.argv[1]);"
-             "c.mnist_patcher(p / 'main.safetensors'); c.mnist_patcher(p / 'sims.safetensors'); c.toy_patcher(p / 'toy-main.safetensors');"
+             "c.mnist_patcher(p / 'main.safetensors'); c.mnist_patcher(p / 'sims.safetensors'); "
+             "c.toy_patcher(p / 'toy-main.safetensors');"
              "c.toy_patcher(p / 'toy-weak.safetensors'); print('loaded')")
     out = subprocess.run([sys.executable, "-c", check, str(tmp_path)], capture_output=True, text=True,
                          env=os.environ.copy(), cwd=REPO, timeout=300)

@@ -1,4 +1,4 @@
-"""Tier 3: the compare entry point (python -m guidekit.compare) through a real ComfyUI server."""
+"""Tier 3: the compare entry point (python -m guidekit.cli.compare) through a real ComfyUI server."""
 import json
 
 import pytest
@@ -8,7 +8,7 @@ pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 
 def test_compare_writes_a_labelled_grid_with_step_times(server, tmp_path):
-    from guidekit.compare import compare
+    from guidekit.cli.compare import compare
     record = compare(server, ["cfg", "pag", "sag"], tmp_path, steps=3, width=64, height=64)
     assert [r["method"] for r in record["methods"]] == ["cfg", "pag", "sag"]
     assert [r["node"] for r in record["methods"]] == [None, "GuideKitPAG", "GuideKitSAG"]
@@ -24,15 +24,16 @@ def test_compare_writes_a_labelled_grid_with_step_times(server, tmp_path):
 
 
 def test_compare_method_defaults_come_from_the_server(server):
-    from guidekit.compare import base_prompt, method_prompt
+    from guidekit.cli.compare import base_prompt, method_prompt, server_methods
     info = server.object_info()
-    prompt = method_prompt(base_prompt("x.safetensors", "p", "", 0, 2, 4.0, 64, 64), "pag-only", info, 4.0)
+    prompt = method_prompt(base_prompt("x.safetensors", "p", "", 0, 2, 4.0, 64, 64), "pag-only", info, 4.0,
+                           server_methods(server))
     assert prompt["100"]["class_type"] == "GuideKitPAG" and prompt["5"]["inputs"]["model"] == ["100", 0]
     assert prompt["5"]["inputs"]["cfg"] == 1.0
     assert prompt["100"]["inputs"]["scale"] == info["GuideKitPAG"]["input"]["required"]["scale"][1]["default"]
 
 
 def test_compare_cli_rejects_unknown_methods(capsys):
-    from guidekit.compare import main
+    from guidekit.cli.compare import main
     assert main(["--methods", "cfg,nope"]) == 2
     assert "unknown method(s) ['nope']" in capsys.readouterr().err

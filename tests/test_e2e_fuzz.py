@@ -4,8 +4,8 @@ Every case is a row of a table: adversarial widget values for every input of eve
 from the nodes' own schemas and run in a shipped workflow that reaches the node), file names that point
 outside the model and input folders, broken weight files, hostile route queries, valid edge values, stacks
 and a burst of queued prompts. Each row asserts one outcome: a clear error (naming the node and the input),
-or a correct output. After every row the server must answer /system_stats within 2 s (no freeze), and at
-the end the same seed must give the same image bytes as before everything (no patch leaked).
+or a correct output. After every row the server must answer /system_stats within 5 s (no freeze), and at
+the end the same seeds must give the same pixels as before everything (no patch leaked).
 test-artifacts/fuzz_summary.json counts the outcomes by category.
 """
 from __future__ import annotations
@@ -26,16 +26,22 @@ from pathlib import Path
 
 import pytest
 
-from comfy_host import import_comfy
+from guidekit.cli.inprocess import import_comfy
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 REPO = Path(__file__).resolve().parent.parent
 ARTIFACTS = Path(os.environ.get("GUIDEKIT_ARTIFACTS") or REPO / "test-artifacts")
 OUTCOMES: Counter = Counter()
+ALIVE_S = 5.0           # /system_stats must answer within this after every case (the freeze found took 44 s)
 PREFERRED = ["mnist_pag", "mnist_autoguidance", "mnist_autoguidance_guider", "mnist_icg", "mnist_tsg",
-             "mnist_loss_guidance", "mnist_flow_refiner", "mnist_train_flow_refiner", "mnist_sims",
+             "mnist_cfg_zero_star", "mnist_loss_guidance", "mnist_flow_refiner", "mnist_train_flow_refiner",
+             "mnist_sims",
              "autoguidance_degraded_sd15", "clip_guidance_sd15", "clip_image_guidance_sd15", "seg_sd15", "sag_sd15",
              "sketch_guidance_sd15", "segmentation_guidance_sd15", "compare_sd15", "flow_refiner_sd15"]
+# Cheaper settings for the heavy workflows' upstream nodes: a case runs what its node depends on.
+LIGHT = {"mnist_train_flow_refiner": {"10": {"iterations": 1}, "4": {"batch_size": 20}, "7": {"batch_size": 20},
+                                      "5": {"steps": 4}, "8": {"steps": 4}},
+         "mnist_sims": {"10": {"batch_size": 8}, "11": {"steps": 2}, "12": {"steps": 2, "batch_size": 4}}}
 OUTSIDE = ["/etc/passwd", "../../../../../../../../etc/passwd", str(REPO / "README.md"), "C:\\Windows\\win.ini"]
 
 
@@ -58,8 +64,9 @@ class Case:
 
     def prompt(self) -> dict:
         p = workflow(self.workflow)
-        for node_id, inputs in self.changes.items():
-            p[node_id]["inputs"].update(inputs)
+        for changes in (LIGHT.get(self.workflow, {}), self.changes):
+            for node_id, inputs in changes.items():
+                p[node_id]["inputs"].update(inputs)
         return p
 
 
@@ -77,6 +84,7 @@ def schema_cases() -> list[Case]:
     """NaN / ±inf / out-of-range numbers and unknown or path-like combo values for every GuideKit node input."""
     import_comfy()
     from comfy_api.latest import io
+
     from guidekit.nodes import NODES
     homes = home_workflows()
     cases = []
@@ -123,7 +131,8 @@ def write_broken_files(models: Path) -> None:
         if not link.is_symlink():
             link.symlink_to(outside)
     refiners = models / "guidekit_refiners"
-    meta = {"guidekit.kind": "guidekit-flow-refiner", "guidekit.space": "latent", "guidekit.sample_shape": "[3, 16, 16]"}
+    meta = {"guidekit.kind": "guidekit-flow-refiner", "guidekit.space": "latent",
+            "guidekit.sample_shape": "[3, 16, 16]"}
     save_file({"w": torch.zeros(1)}, str(refiners / "fuzz-bad-architecture.safetensors"),
               {**meta, "guidekit.architecture": json.dumps({"arch": "unet", "channels": "three"})})
     save_file({"w": torch.zeros(1)}, str(refiners / "fuzz-huge-architecture.safetensors"),
@@ -146,7 +155,8 @@ def file_cases() -> list[Case]:
                                               (ref, "refiner_name", "GuideKit Flow Refiner Loader")):
         for broken in ("empty", "junk", "truncated"):
             cases.append(Case("broken files", flow, {node_id: {input_name: f"fuzz-{broken}.safetensors"}}, "error",
-                              (f"'{input_name}'", "cannot be read as safetensors"), node, name=f"{input_name}:{broken}"))
+                              (f"'{input_name}'", "cannot be read as safetensors"), node,
+                              name=f"{input_name}:{broken}"))
         cases.append(Case("files outside folders", flow, {node_id: {input_name: "fuzz-link-out.safetensors"}}, "error",
                           (f"'{input_name}'", "is not a file of the"), node, name=f"{input_name}:link-out"))
     for broken, needle in (("bad", "does not describe a refiner"), ("huge", "weights do not match the architecture")):
@@ -252,12 +262,12 @@ def record(category: str, outcome: str) -> None:
 
 @pytest.mark.parametrize("case", CASES, ids=lambda c: c.name)
 def test_fuzz_case(fuzz_server, tmp_path, case):
-    from guidekit.run import RunError
+    from guidekit.cli.run import RunError
     server, reference = fuzz_server
     outcome = "unclear error"
     try:
         try:
-            result = server.run(case.prompt(), tmp_path, timeout=180)
+            result = server.run(case.prompt(), tmp_path, timeout=300)
         except RunError as err:
             message = str(err)
             if "did not finish within" in message:
@@ -279,19 +289,19 @@ def test_fuzz_case(fuzz_server, tmp_path, case):
             outcome = "correct output" if image else "wrong result"
         assert outcome == "correct output", f"{case.name}: {outcome}"
     finally:
-        if not alive_within(server, 2.0):
+        if not alive_within(server, ALIVE_S):
             outcome = "freeze"
         record(case.category, outcome)
-        assert outcome != "freeze", f"{case.name}: the server did not answer /system_stats within 2 s"
+        assert outcome != "freeze", f"{case.name}: the server did not answer /system_stats within {ALIVE_S} s"
 
 
-HOSTILE_ROUTES = ["/guidekit/schedule?steps=100&denoise=0.0001", "/guidekit/schedule?steps=10000&denoise=0.001",
+HOSTILE_ROUTES = ["/guidekit/schedule?steps=100&denoise=0.0001", "/guidekit/schedule?steps=1000&denoise=0.001",
                   "/guidekit/schedule?denoise=-1", "/guidekit/schedule?steps=nan",
                   "/guidekit/model?folder=checkpoints&name=%2Fetc%2Fpasswd",
                   "/guidekit/model?folder=guidekit_mnist&name=..%2F..%2F..%2Fetc%2Fpasswd",
                   "/guidekit/model?folder=checkpoints&name=guidekit-thin-sd15.safetensors&layers=%3Cimg%20src%3Dx%3E",
                   "/guidekit/model?folder=guidekit_mnist&name=mnist-main.safetensors",
-                  "/guidekit/schedule?folder=guidekit_mnist&name=mnist-main.safetensors&steps=10000"]
+                  "/guidekit/schedule?folder=guidekit_mnist&name=mnist-main.safetensors&steps=1000"]
 
 
 @pytest.mark.parametrize("route", HOSTILE_ROUTES)
@@ -309,7 +319,7 @@ def test_fuzz_route(fuzz_server, route):
                                                "correct output" if status == 200 else "unclear error")
     record("routes", outcome)
     assert outcome in ("clear error", "correct output"), f"{route}: {status} {body} after {seconds:.2f} s"
-    assert alive_within(server, 2.0)
+    assert alive_within(server, ALIVE_S)
     if "<img" in urllib.parse.unquote(route) and status == 200:
         assert "<img" in body.get("selected_error", ""), "the markup is echoed as text (the page must not render it)"
 
@@ -352,7 +362,7 @@ def test_fuzz_burst_of_queued_prompts_all_finish(fuzz_server, tmp_path):
     ok = done is not None and all(h.get("status", {}).get("status_str") == "success" for h in done)
     record("batches and stacks", "correct output" if ok else ("freeze" if done is None else "unexpected error"))
     assert ok, "queued prompts did not all finish with success"
-    assert alive_within(server, 2.0)
+    assert alive_within(server, ALIVE_S)
 
 
 def test_fuzz_zz_nothing_leaked(fuzz_server):

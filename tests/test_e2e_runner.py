@@ -25,7 +25,7 @@ def run_cli(*args, models_dir=None, timeout=600):
     env = dict(os.environ)
     if models_dir is not None:
         env["GUIDEKIT_MODELS_DIR"] = str(models_dir)
-    return subprocess.run([sys.executable, "-m", "guidekit.run", *map(str, args)], capture_output=True,
+    return subprocess.run([sys.executable, "-m", "guidekit.cli.run", *map(str, args)], capture_output=True,
                           text=True, env=env, timeout=timeout)
 
 
@@ -36,9 +36,9 @@ def comfyui_processes() -> list[str]:
 
 def test_server_loads_the_pack_without_errors(server):
     log = server.log_path.read_text()
-    assert "IMPORT FAILED" not in "\n".join(l for l in log.splitlines() if "guidekit" in l.lower())
-    assert any("custom_nodes" in l and l.rstrip().endswith(("comfyui-guidekit", REPO.name))
-               for l in log.splitlines()), "the pack was not imported by the server"
+    assert "IMPORT FAILED" not in "\n".join(line for line in log.splitlines() if "guidekit" in line.lower())
+    assert any("custom_nodes" in line and line.rstrip().endswith(("comfyui-guidekit", REPO.name))
+               for line in log.splitlines()), "the pack was not imported by the server"
     with urllib.request.urlopen(server.url + "/workflow_templates") as r:
         templates = json.load(r)
     assert any("txt2img_default" in names for names in templates.values()), templates
@@ -60,10 +60,10 @@ def test_readme_main_command_draws_the_ten_digits(server, tmp_path):
     assert len(result.images) == 10
     pixels = np.stack([np.asarray(Image.open(p)) for p in sorted(result.images)])
     assert pixels.shape == (10, 64, 64, 3)
-    sys.path.insert(0, str(REPO / "benchmarks"))
     import torch
-    from evidence.networks import DigitClassifier
     from safetensors.torch import load_file
+
+    from evidence.networks import DigitClassifier
     clf = DigitClassifier().eval()
     clf.load_state_dict(load_file(str(REPO / "benchmarks" / "weights" / "mnist-classifier-eval.safetensors")))
     digits = torch.from_numpy(pixels[:, ::4, ::4, :].mean(-1, keepdims=True) / 255.0).float().permute(0, 3, 1, 2)
@@ -101,7 +101,7 @@ def test_runner_missing_checkpoint_names_the_input(models_dir, tmp_path):
     out = run_cli(DEMO, "--out", tmp_path, "--set", "CheckpointLoaderSimple.ckpt_name=nope.safetensors",
                   models_dir=models_dir)
     assert out.returncode == 1
-    error = [l for l in out.stderr.splitlines() if "error:" in l]
+    error = [line for line in out.stderr.splitlines() if "error:" in line]
     assert len(error) == 1 and "ckpt_name" in error[0] and "nope.safetensors" in error[0], out.stderr
     assert not comfyui_processes()
 
@@ -137,12 +137,13 @@ UI_TEMPLATES = sorted((REPO / "workflows").glob("*.json"))
 @pytest.mark.parametrize("template", UI_TEMPLATES, ids=lambda p: p.stem)
 def test_ui_template_matches_its_api_twin(server, template):
     """Every UI-format template converts, with the live server's node definitions, to its API twin."""
-    from guidekit.ui_workflow import ui_to_api
+    from guidekit.cli.ui_workflow import ui_to_api
     twin = REPO / "workflows" / "api" / template.name
     assert twin.is_file(), f"{template.name} has no API-format twin in workflows/api/"
     converted = ui_to_api(json.loads(template.read_text()), server.object_info())
     expected = json.loads(twin.read_text())
-    strip = lambda wf: {k: {"class_type": v["class_type"], "inputs": v["inputs"]} for k, v in wf.items()}
+    def strip(wf):
+        return {k: {"class_type": v["class_type"], "inputs": v["inputs"]} for k, v in wf.items()}
     assert strip(converted) == strip(expected)
 
 
@@ -198,7 +199,7 @@ def test_guidance_nodes_are_registered_and_change_the_image(server, tmp_path):
      "GuideKit Flow Refine Latent: the refiner was trained on 4-channel latents (SD15)"),
 ])
 def test_bad_guidance_input_is_a_clear_error_not_a_crash(server, tmp_path, workflow, node_id, inputs, needle):
-    from guidekit.run import RunError
+    from guidekit.cli.run import RunError
     prompt = json.loads((REPO / "workflows" / "api" / f"{workflow}.json").read_text())
     prompt[node_id]["inputs"].update(inputs)
     with pytest.raises(RunError) as err:
@@ -209,9 +210,10 @@ def test_bad_guidance_input_is_a_clear_error_not_a_crash(server, tmp_path, workf
 
 def test_a_weak_model_of_another_architecture_is_a_clear_error(server, tmp_path):
     """GuideKit Autoguidance with the MNIST UNet as main and the SD1.5 checkpoint as weak model."""
-    from guidekit.run import RunError
+    from guidekit.cli.run import RunError
     prompt = json.loads((REPO / "workflows" / "api" / "mnist_autoguidance.json").read_text())
     prompt["10"] = {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "guidekit-thin-sd15.safetensors"}}
     with pytest.raises(RunError) as err:
         server.run(prompt, tmp_path)
-    assert "GuideKit Autoguidance: input 'weak_model' is a BaseModel model but 'model' is a MNISTDemoModel" in str(err.value)
+    assert ("GuideKit Autoguidance: input 'weak_model' is a BaseModel model but 'model' is a MNISTDemoModel"
+            in str(err.value))

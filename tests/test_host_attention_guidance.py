@@ -40,7 +40,7 @@ def test_pag_equals_core_pag(thin, models, arch, evaluation):
     """Mid block, full range, scale 3: the same sampled latent as core PerturbedAttentionGuidance."""
     base = models[arch]
     core = thin.sample(core_pag(base), arch)
-    assert_same_guidance(thin.sample(pag(base, evaluation=evaluation), arch), core, thin.sample(base, arch)), "PAG had no effect: the comparison would be vacuous"
+    assert_same_guidance(thin.sample(pag(base, evaluation=evaluation), arch), core, thin.sample(base, arch))
 
 
 @pytest.mark.parametrize("arch", UNETS)
@@ -68,6 +68,7 @@ def test_seg_with_vanishing_blur_is_unguided(thin, models, arch):
 def query_recorder(previous_slot):
     """A patch that records the queries it is given on GuideKit-marked calls, then attends normally."""
     from comfy.ldm.modules.attention import optimized_attention
+
     from guidekit.nodes.attention_hooks import MARK
     seen = []
 

@@ -30,6 +30,7 @@ def run_compare(checkpoint, methods="cfg,pag,icg", latent=None, steps=2):
 
 def test_each_panel_is_the_methods_own_node_sampled_with_the_same_seed(checkpoint):
     import comfy.sample
+
     from guidekit.nodes.pag import PerturbedAttentionGuidanceGK
     grid, images, report = run_compare(checkpoint)
     model, vae, positive, negative = checkpoint

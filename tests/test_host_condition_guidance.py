@@ -15,8 +15,8 @@ ONE = dict(steps=1)
 @pytest.fixture(scope="module")
 def mods(comfy):
     from guidekit.guidance import icg as icg_math
-    from guidekit.nodes import icg, negative_swap, tsg
-    return icg, tsg, icg_math, negative_swap
+    from guidekit.nodes import icg, registrar, tsg
+    return icg, tsg, icg_math, registrar
 
 
 def first_sigma(model):

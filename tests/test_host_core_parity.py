@@ -2,9 +2,10 @@
 import pytest
 import torch
 
-from guidance_helpers import rand
 from guidekit.guidance.blur import gaussian_blur_2d, token_grid
 from guidekit.guidance.sag import attention_mask, degrade
+
+from guidance_helpers import rand
 
 pytestmark = pytest.mark.host
 

@@ -112,7 +112,8 @@ def test_both_models_load_for_sampling_and_are_released_after(thin, nodes):
     assert weak.model.current_patcher is None, "the weak model was not cleaned up after sampling"
     mm.unload_all_models()
     assert weak.model.model_loaded_weight_memory == 0 and main.model.model_loaded_weight_memory == 0
-    assert not any(lm.model is not None and lm.model.model in (main.model, weak.model) for lm in mm.current_loaded_models)
+    assert not any(lm.model is not None and lm.model.model in (main.model, weak.model)
+                   for lm in mm.current_loaded_models)
 
 
 def test_a_twin_dies_with_the_patched_model(thin, nodes):

@@ -1,6 +1,5 @@
 """Tier 2: the trained evidence models through ComfyUI's own sampling, the demo nodes, provenance."""
 import json
-import sys
 from pathlib import Path
 
 import pytest
@@ -12,7 +11,6 @@ WEIGHTS = REPO / "benchmarks" / "weights"
 
 @pytest.fixture(scope="module")
 def ev(comfy):
-    sys.path.insert(0, str(REPO / "benchmarks"))
     from evidence import comfy_models, datasets, fractal, metrics, mnist_data, networks
     return type("Evidence", (), dict(comfy_models=comfy_models, datasets=datasets, fractal=fractal,
                                      metrics=metrics, mnist_data=mnist_data, networks=networks))
@@ -47,7 +45,6 @@ def test_committed_weights_record_how_they_were_trained(ev, name):
     if name.startswith("mnist"):
         assert meta["guidekit.data_sha256"] == ev.mnist_data.load_split().sha256
     else:
-        sys.path.insert(0, str(REPO / "benchmarks"))
         import train_toy
         assert meta["guidekit.data_sha256"] == train_toy.data_hash()
     assert float(meta["guidekit.train_seconds"]) < 30 * 60

@@ -10,6 +10,7 @@ pytestmark = pytest.mark.host
 @pytest.fixture(scope="module")
 def fr(comfy, models_dir):
     import folder_paths
+
     from guidekit.nodes import flow_refiner
     folder_paths.add_model_folder_path(flow_refiner.FOLDER, str(models_dir / flow_refiner.FOLDER))
     flow_refiner.register_refiner_folder()
@@ -79,7 +80,8 @@ def test_missing_and_foreign_files_are_clear_errors(fr, models_dir):
         fr.load_refiner_file("weights.ckpt")
     save_file({"w": torch.zeros(1)}, str(models_dir / fr.FOLDER / "foreign.safetensors"))
     try:
-        with pytest.raises(ValueError, match="input 'refiner_name' = 'foreign.safetensors': .*not a GuideKit flow refiner"):
+        with pytest.raises(ValueError,
+                           match="input 'refiner_name' = 'foreign.safetensors': .*not a GuideKit flow refiner"):
             fr.FlowRefinerLoaderGK.execute("foreign.safetensors")
     finally:
         (models_dir / fr.FOLDER / "foreign.safetensors").unlink()
@@ -132,6 +134,7 @@ def test_train_node_in_a_vae_latent_space_with_open_clip_neighbours(fr, lg_folde
 @pytest.fixture(scope="module")
 def lg_folders(comfy, models_dir):
     import folder_paths
+
     from guidekit.nodes import loss_networks
     folder_paths.add_model_folder_path(loss_networks.OPEN_CLIP_FOLDER, str(models_dir / loss_networks.OPEN_CLIP_FOLDER))
     loss_networks.register_model_folders()
@@ -155,9 +158,10 @@ def test_train_node_bad_input_names_the_input(fr, kwargs, needle):
 def test_command_line_trains_in_a_vae_latent_space_with_open_clip_neighbours(fr, thin, models_dir, tmp_path):
     """train_refiner --vae (ComfyUI's VAE from a file) on image folders, neighbours in open_clip patch features."""
     from PIL import Image
-    from guidekit import train_refiner as cli
-    from guidekit.postprocess.refiner import load_refiner
     from safetensors.torch import save_file
+
+    from guidekit.cli import train_refiner as cli
+    from guidekit.postprocess.refiner import load_refiner
     g = torch.Generator().manual_seed(7)
     for name, n in (("gen", 6), ("real", 8)):
         (tmp_path / name).mkdir()
@@ -173,4 +177,5 @@ def test_command_line_trains_in_a_vae_latent_space_with_open_clip_neighbours(fr,
                      "--iterations", "3", "--batch-size", "4", "--quiet"]) == 0
     rf = load_refiner(out)
     assert rf.space == "latent" and rf.sample_shape == (4, 4, 4) and rf.latent_format == "SD15"
-    assert rf.metadata["guidekit.neighbour_space"].startswith("open_clip") and "mean-patch" in rf.metadata["guidekit.neighbour_space"]
+    assert (rf.metadata["guidekit.neighbour_space"].startswith("open_clip")
+            and "mean-patch" in rf.metadata["guidekit.neighbour_space"])

@@ -15,8 +15,8 @@ ARCHS = ["sd15", "sdxl", "sd3"]     # Flux: below, at its real widths on the met
 
 @pytest.fixture(scope="module")
 def info(comfy):
-    from guidekit.nodes import costs, layers, model_info
-    return model_info, layers, costs
+    from guidekit.nodes import catalog, layers, model_info
+    return model_info, layers, catalog
 
 
 def diffusion_model_file(thin, arch, folder):
@@ -34,7 +34,7 @@ def test_described_layers_are_the_built_models_layers(info, thin, tmp_path, arch
     described = model_info._describe(str(path), os.path.getmtime(path), "diffusion_models")
     arch_of_model = layers.architecture(model, "test")
     assert described.family == arch_of_model.family
-    assert described.layers == tuple(layers.format_layers([l]) for l in arch_of_model.layers)
+    assert described.layers == tuple(layers.format_layers([layer]) for layer in arch_of_model.layers)
     assert described.default_layers == arch_of_model.default_layers
     assert len(described.layers) > 1
 
@@ -63,7 +63,7 @@ def test_checkpoint_file_described_like_comfyui_loads_it(info, models_dir):
     path = models_dir / "checkpoints" / "guidekit-thin-sd15.safetensors"
     described = model_info._describe(str(path), os.path.getmtime(path), "checkpoints")
     loaded = comfy.sd.load_checkpoint_guess_config(str(path), output_vae=False, output_clip=False)[0]
-    assert described.layers == tuple(layers.format_layers([l]) for l in layers.architecture(loaded, "t").layers)
+    assert described.layers == tuple(layers.format_layers([layer]) for layer in layers.architecture(loaded, "t").layers)
     assert described.to_json()["sigma_max"] == pytest.approx(float(loaded.get_model_object("model_sampling").sigma_max))
 
 
@@ -115,8 +115,8 @@ def test_schedule_rejects_bad_input(info, thin):
             model_info.schedule(ms, "normal", "euler", 10, denoise, 0.0, 1.0)
     with pytest.raises(ValueError, match="steps / denoise = 1000000 schedule steps"):
         model_info.schedule(ms, "normal", "euler", 100, 0.0001, 0.0, 1.0)
-    with pytest.raises(ValueError, match="steps must be between 1 and 10000"):
-        model_info.schedule(ms, "normal", "euler", 10001, 1.0, 0.0, 1.0)
+    with pytest.raises(ValueError, match="steps must be between 1 and 1000"):
+        model_info.schedule(ms, "normal", "euler", 1001, 1.0, 0.0, 1.0)
 
 
 class StepRows:
@@ -144,40 +144,40 @@ def sampled_rows(thin, patched, *hooked, steps=6, cfg=4.0):
 
 
 def node_cases(thin):
-    from guidekit.nodes import autoguidance, icg, pag, sag, seg, tsg
-    from attention_nodes import BRANCH
+    """Every registered node with a cost that runs on a model (and a weak model): at its defaults, and with each
+    widget value its cost table names."""
+    from guidekit.nodes.base import WIDGETS
+    from guidekit.nodes.catalog import NODES
     main, weak = thin.build("sd15", seed=0), thin.build("sd15", seed=1)
-    yield ("GuideKitPAG", {"mode": "extra pass"},
-           pag.PerturbedAttentionGuidanceGK.execute(main, 3.0, **BRANCH, adaptive_scale=0.0).result[0], [main])
-    yield ("GuideKitPAG", {"mode": "replace uncond"}, pag.PerturbedAttentionGuidanceGK.execute(
-        main, 3.0, **{**BRANCH, "mode": "replace uncond"}, adaptive_scale=0.0).result[0], [main])
-    yield ("GuideKitSEG", {"mode": "extra pass"},
-           seg.SmoothedEnergyGuidanceGK.execute(main, 3.0, blur_sigma=-1.0, **BRANCH).result[0], [main])
-    yield ("GuideKitSAG", {}, sag.SelfAttentionGuidanceGK.execute(main, 0.5, 2.0, "default", 1.0, 0.0, 1.0).result[0],
-           [main])
-    yield ("GuideKitAutoguidance", {}, autoguidance.AutoguidanceGK.execute(main, weak, 2.0, 0.0, 1.0).result[0],
-           [main, weak])
-    yield ("GuideKitICG", {}, icg.IndependentConditionGuidanceGK.execute(main, "gaussian", 0, 0.0, 1.0).result[0], [main])
-    yield ("GuideKitTSG", {}, tsg.TimestepGuidanceGK.execute(main, 1.0, 1.0, 0, 0.0, 1.0).result[0], [main])
+    sockets = {"model": main, "weak_model": weak}
+    for cls in NODES:
+        needed = {s.id for s in cls.define_schema().inputs if not isinstance(s, WIDGETS) and not s.optional}
+        if cls.COST is None or not needed <= sockets.keys():
+            continue
+        for widgets in [{}] + [{rule["widget"]: rule["value"]} for rule in cls.COST.get("overrides", [])]:
+            patched = cls.run(**{name: sockets[name] for name in needed}, **widgets)[0]
+            yield cls.node_id(), widgets, patched, [sockets[name] for name in ("model", "weak_model") if name in needed]
 
 
 def test_declared_extra_passes_are_what_each_node_runs(info, thin):
     """The badge's numbers: rows per step with the node minus plain CFG's two, on every step."""
-    _, _, costs = info
+    _, _, catalog = info
     bare = thin.build("sd15")
     plain = sampled_rows(thin, bare, bare)
     seen = set()
     for node_id, widgets, patched, hooked in node_cases(thin):
-        expected = costs.extra_passes(node_id, widgets)
+        expected = catalog.extra_passes(node_id, widgets)
         rows = sampled_rows(thin, patched, *hooked)
         assert rows == [r + expected for r in plain], (node_id, widgets, rows, plain)
         seen.add(node_id)
-    assert set(costs.COSTS) - seen <= {"GuideKitAutoguidanceGuider", "GuideKitDegradedModel", "GuideKitLossGuidance"}
+    assert set(catalog.costs()) - seen <= {"GuideKitAutoguidanceGuider", "GuideKitDegradedModel",
+                                           "GuideKitLossGuidance"}
 
 
 def test_schedule_view_predicts_the_steps_the_extra_pass_runs(info, thin):
     """The frontend's active steps for a range are exactly the steps where PAG ran its extra pass."""
     from guidekit.nodes import pag
+
     from attention_nodes import BRANCH
     model_info, _, _ = info
     main = thin.build("sd15")

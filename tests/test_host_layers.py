@@ -8,6 +8,7 @@ pytestmark = pytest.mark.host
 @pytest.mark.parametrize("arch", ["sd15", "sdxl"])
 def test_listed_keys_are_the_keys_comfyui_calls(thin, arch):
     from comfy.ldm.modules.attention import optimized_attention
+
     from guidekit.nodes.layers import unet_self_attention as self_attention_keys
 
     model = thin.build(arch).clone()

@@ -17,6 +17,7 @@ STEPS = 3
 @pytest.fixture(scope="module")
 def lg(comfy, models_dir):
     import folder_paths
+
     from guidekit.nodes import loss_guidance, loss_networks, loss_terms
     for folder in (loss_networks.OPEN_CLIP_FOLDER, loss_networks.NETWORK_FOLDER, "vae_approx"):
         folder_paths.add_model_folder_path(folder, str(models_dir / folder))
@@ -40,7 +41,8 @@ def clip_loss(lg, thin):
 def guide(lg, model, vae, loss, method="FreeDoM", rule="polyak", scale=1.0, copies=0, recurrence=1, end=1.0,
           mc=2, backward_steps=0, gradient_vae=None, augmentations="color,translation,resize,cutout"):
     return lg[0].LossGuidanceGK.execute(model, vae, loss, method, rule, scale, copies, augmentations, recurrence,
-                                        0.0, 1.0, 0.0, end, mc, backward_steps, 0.1, gradient_vae=gradient_vae).result[0]
+                                        0.0, 1.0, 0.0, end, mc, backward_steps, 0.1,
+                                        gradient_vae=gradient_vae).result[0]
 
 
 def patch_of(lg, model):
@@ -75,6 +77,7 @@ def test_one_guided_step_equals_the_hand_computed_freedom_step(lg):
     """Pixel-space MNIST model, cfg 1, one euler step σ0 → 0: the sample is D − ρ·∇_x ℓ/√ᾱ (ᾱ' = 1)."""
     import comfy.sample
     import comfy.samplers
+
     from guidekit.nodes import demo_mnist
     with torch.inference_mode():
         model = demo_mnist.load_patcher(demo_mnist.WEIGHTS_DIR / "mnist-uncond.safetensors")
@@ -256,7 +259,8 @@ def test_bad_inputs_name_the_node_and_input(thin, lg, taesd, clip_loss):
             lg[2].load_network("net.pt", "auto", "auto", 0)
         with pytest.raises(ValueError, match="does not fit architecture 'guidekit:digit-cnn'"):
             nodes.NetworkLoaderGK.execute(thin.SEGMENTATION_FILE, "guidekit:digit-cnn", "auto", 0)
-        with pytest.raises(ValueError, match="OpenCLIP Loader: input 'architecture' = 'nope' is not an open_clip model"):
+        with pytest.raises(ValueError,
+                           match="OpenCLIP Loader: input 'architecture' = 'nope' is not an open_clip model"):
             nodes.OpenClipLoaderGK.execute(thin.TINY_CLIP_FILE, "nope")
         with pytest.raises(ValueError, match="input 'augmentations' names \\['flip'\\]"):
             guide(lg, model, taesd, clip_loss[0], augmentations="color,flip")
@@ -272,7 +276,8 @@ def test_an_inference_tensor_in_the_gradient_is_a_clear_error(thin, lg, taesd):
     with torch.inference_mode():
         frozen = torch.ones(1)                           # made under inference mode, as a careless loss might
     term = lg[1].LossTerm("careless", 1.0, lambda images, rows: (images * frozen).mean((1, 2, 3)))
-    with pytest.raises(ValueError, match="Loss Guidance: a tensor made under torch.inference_mode reached the gradient"):
+    with pytest.raises(ValueError,
+                       match="Loss Guidance: a tensor made under torch.inference_mode reached the gradient"):
         sample(thin, guide(lg, thin.build("sd15"), taesd, (term,)))
 
 

@@ -84,7 +84,9 @@ def test_image_folders_only_inside_the_input_folder(files, tmp_path, monkeypatch
 
 def test_a_refiner_whose_metadata_asks_for_a_huge_network_is_refused_without_building_it(tmp_path):
     import json
+
     from safetensors.torch import save_file
+
     from guidekit.postprocess.refiner import load_refiner
     path = tmp_path / "huge.safetensors"
     save_file({"w": torch.zeros(1)}, str(path), {
@@ -123,7 +125,7 @@ def bad_values(spec):
 
 
 def node_input_cases():
-    from comfy_host import import_comfy
+    from guidekit.cli.inprocess import import_comfy
     import_comfy()
     from guidekit.nodes import NODES
     cases = []

@@ -38,9 +38,9 @@ def serve(routes, requests, extra=None):
 
 HOSTILE_SCHEDULES = [
     ("steps=100&denoise=0.0001", "steps / denoise = 1000000"),     # the freeze the fuzz pass found (44 s)
-    ("steps=10000&denoise=0.5", "steps / denoise = 20000"),
-    ("steps=10001", "steps must be between 1 and 10000"),
-    ("steps=0", "steps must be between 1 and 10000"),
+    ("steps=1000&denoise=0.5", "steps / denoise = 2000"),
+    ("steps=10000", "steps must be between 1 and 1000"),
+    ("steps=0", "steps must be between 1 and 1000"),
     ("denoise=-1", "denoise must be above 0"),
     ("denoise=0", "denoise must be above 0"),
     ("denoise=nan", "'denoise' = 'nan' is not a finite number"),
@@ -67,10 +67,10 @@ def test_hostile_schedule_requests_are_quick_named_400s(routes, query, message):
 def test_the_largest_allowed_schedule_answers_within_a_second(routes):
     async def requests(client):
         t0 = time.monotonic()
-        r = await client.get("/guidekit/schedule?steps=10000&scheduler=karras&sampler=dpm_2")
+        r = await client.get("/guidekit/schedule?steps=1000&scheduler=normal&sampler=dpm_2")
         return r.status, await r.json(), time.monotonic() - t0
     status, body, seconds = serve(routes, requests)
-    assert status == 200 and len(body["sigmas"]) == 10001
+    assert status == 200 and len(body["sigmas"]) == 1001
     assert seconds < 1.0, f"answered after {seconds:.2f} s"
 
 

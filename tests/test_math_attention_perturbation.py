@@ -2,11 +2,12 @@
 import pytest
 import torch
 
-from guidance_helpers import rand
 from guidekit.guidance.blur import gaussian_blur_2d, gaussian_kernel_1d, token_grid
 from guidekit.guidance.pag import adaptive_scale, identity_attention
 from guidekit.guidance.sag import attention_mask, degrade
 from guidekit.guidance.seg import blur_queries, kernel_size
+
+from guidance_helpers import rand
 
 
 @pytest.mark.parametrize("sigma,expected", [(0.5, 3), (1, 7), (2, 13), (5, 31), (10, 61)])
@@ -36,7 +37,8 @@ def test_seg_blur_on_a_non_square_grid_is_the_2d_blur_of_the_reshaped_queries():
     h, w, c = 6, 10, 4
     q = rand(1, h * w, c, seed=2)
     grid = q.transpose(1, 2).reshape(1, c, h, w)
-    expected = gaussian_blur_2d(grid, kernel_size(1.0, h), kernel_size(1.0, w), 1.0).reshape(1, c, h * w).transpose(1, 2)
+    expected = (gaussian_blur_2d(grid, kernel_size(1.0, h), kernel_size(1.0, w), 1.0)
+                .reshape(1, c, h * w).transpose(1, 2))
     torch.testing.assert_close(blur_queries(q, h, w, 1.0), expected)
     # a constant field stays constant (normalised kernel, reflect padding)
     const = torch.full((1, h * w, c), 2.5)

@@ -5,9 +5,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from guidance_helpers import rand
 from guidekit.guidance.combine import cfg, extrapolate, rescale
 from guidekit.guidance.schedule import SigmaRange, percent_range
+
+from guidance_helpers import rand
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -60,7 +61,7 @@ def test_percent_range_rejects_bad_input(start, end):
 
 @pytest.mark.parametrize("package", ["guidance", "postprocess"])
 def test_pure_packages_do_not_import_comfyui(package):
-    """ARCHITECTURE.md §2: guidance/ and postprocess/ never import ComfyUI modules."""
+    """guidance/ and postprocess/ never import ComfyUI modules (ARCHITECTURE.md, layers and rules)."""
     host_modules = {"comfy", "comfy_api", "comfy_extras", "folder_paths", "nodes", "server", "node_helpers"}
     for path in (REPO / package).rglob("*.py"):
         for node in ast.walk(ast.parse(path.read_text())):
@@ -76,7 +77,7 @@ def test_pack_root_imports_without_comfyui():
     import sys
     code = ("import os, sys; root = os.path.realpath(os.environ['COMFYUI_PATH']); "
             "sys.path = [p for p in sys.path if os.path.realpath(p or '.') != root]; "
-            "import guidekit, guidekit.run, guidekit.guidance.combine; "
+            "import guidekit, guidekit.cli.run, guidekit.guidance.combine; "
             "assert 'comfy' not in sys.modules and 'comfy_api' not in sys.modules; print('ok')")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr

@@ -2,12 +2,13 @@
 import pytest
 import torch
 
-from guidance_helpers import rand
 from guidekit.guidance.autoguidance import autoguidance, autoguidance_term
 from guidekit.guidance.combine import cfg, extrapolate
 from guidekit.guidance.icg import derangement, gaussian_condition, random_rows, shuffled_tokens
 from guidekit.guidance.sims import denoising_loss, sims, sims_as_autoguidance
 from guidekit.guidance.tsg import perturbed_time_embedding
+
+from guidance_helpers import rand
 
 
 def gen(seed=0):

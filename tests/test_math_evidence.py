@@ -1,13 +1,10 @@
 """Tier 1: the evidence harness's ground truth and metrics against closed forms (no ComfyUI needed)."""
 import math
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
 from evidence import fractal, metrics  # noqa: E402
 
 

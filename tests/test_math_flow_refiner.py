@@ -8,8 +8,14 @@ from safetensors.torch import save_file
 
 from guidekit.postprocess import data, neighbours, ode
 from guidekit.postprocess.refiner import Refiner, default_architecture, load_refiner, save_refiner
-from guidekit.postprocess.train import (TrainSettings, flow_matching_loss, new_refiner, pool_equal, tensor_sha256,
-                                        train_refiner)
+from guidekit.postprocess.train import (
+    TrainSettings,
+    flow_matching_loss,
+    new_refiner,
+    pool_equal,
+    tensor_sha256,
+    train_refiner,
+)
 
 
 def gen(seed=0):
@@ -55,7 +61,8 @@ def test_a_sample_equal_to_a_real_point_is_left_almost_unchanged():
     torch.manual_seed(0)
     result = train_refiner(new_refiner(real), generated, real, nbrs, small_settings(iterations=400))
     moved_real = (ode.refine(result.refiner, real, 1.0, 8) - real).norm(dim=1).mean()
-    moved_noisy = (ode.refine(result.refiner, generated[real.shape[0]:], 1.0, 8) - generated[real.shape[0]:]).norm(dim=1).mean()
+    moved_noisy = (ode.refine(result.refiner, generated[real.shape[0]:], 1.0, 8)
+                   - generated[real.shape[0]:]).norm(dim=1).mean()
     assert moved_real < 0.25 * moved_noisy, (moved_real, moved_noisy)
 
 
@@ -214,7 +221,7 @@ def test_data_loading_from_folders_and_tensor_files(tmp_path):
 
 
 def test_command_line_trains_and_records_provenance(tmp_path):
-    from guidekit import train_refiner as cli
+    from guidekit.cli import train_refiner as cli
     generated, real = blobs(64)
     for name, x in (("g1", generated), ("g2", generated + 0.1), ("real", real)):
         save_file({"samples": x}, str(tmp_path / f"{name}.safetensors"))

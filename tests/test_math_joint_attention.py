@@ -2,10 +2,11 @@
 import pytest
 import torch
 
-from guidance_helpers import rand
 from guidekit.guidance.pag import identity_attention, joint_identity_attention
 from guidekit.guidance.sag import key_saliency
 from guidekit.guidance.seg import blur_image_queries, blur_queries
+
+from guidance_helpers import rand
 
 
 def qkv(length, seed=0, b=2, heads=3, d=4):

@@ -4,11 +4,12 @@ import math
 import pytest
 import torch
 
-from guidance_helpers import rand
 from guidekit.guidance import augment, losses, step_size
 from guidekit.guidance.loss_guidance import LossGuidanceConfig, guidance_step, loss_guided_denoise
-from guidekit.guidance.lgd_mc import lgd_mc_objective
+from guidekit.guidance.loss_methods import lgd_mc_objective
 from guidekit.guidance.vp import alpha_bar, ddim_noise_coefficient
+
+from guidance_helpers import rand
 
 
 def gen(seed=0):
@@ -38,7 +39,8 @@ def test_rms_rule_is_freedoms_formula():
     ab, ab_next = torch.tensor(0.3), torch.tensor(0.5)
     c1 = math.sqrt((1 - 0.3 / 0.5) * (1 - 0.5) / (1 - 0.3))
     torch.testing.assert_close(ddim_noise_coefficient(ab, ab_next), torch.tensor(c1))
-    rms = lambda t: t.flatten(1).pow(2).mean(1).sqrt()
+    def rms(t):
+        return t.flatten(1).pow(2).mean(1).sqrt()
     expected = 0.02 * rms(eps) * math.sqrt(0.7 / 0.3) * c1 / rms(grad)
     torch.testing.assert_close(step_size.rms_rule(0.02, eps, grad, ab, ab_next).flatten(), expected)
 
@@ -60,7 +62,8 @@ def test_folded_prediction_makes_eulers_step_the_guided_step():
     sigma, sigma_next = torch.full((3,), 3.0), torch.tensor(1.2)
     for method in ("FreeDoM", "DPS", "MPGD", "UG"):
         config = LossGuidanceConfig(method, "polyak", 0.5)
-        guided, result = loss_guided_denoise(linear_denoiser, quadratic_loss(target), x, sigma, sigma_next, config, gen())
+        guided, result = loss_guided_denoise(linear_denoiser, quadratic_loss(target), x, sigma, sigma_next,
+                                             config, gen())
         r = 1.2 / 3.0
         euler = guided + r * (x - guided)
         torch.testing.assert_close(euler, result.denoised + r * (x - result.denoised) + result.change)
@@ -85,7 +88,8 @@ def test_universal_guidance_backward_moves_x0_towards_the_loss_minimum():
 
 def test_dps_steps_on_the_residual_norm():
     x, target = rand(1, 1, 3, 3, seed=11), rand(1, 1, 3, 3, seed=12)
-    sq = lambda x0: (x0 - target).pow(2).flatten(1).sum(1)
+    def sq(x0):
+        return (x0 - target).pow(2).flatten(1).sum(1)
     result = guidance_step(linear_denoiser, sq, x, torch.tensor([1.0]), torch.tensor(0.5),
                            LossGuidanceConfig("DPS", "fixed", 1.0), gen())
     residual = A * x - target
@@ -106,7 +110,6 @@ def test_mpgd_does_not_backpropagate_through_the_denoiser():
     result = guidance_step(denoise, quadratic_loss(target), x, torch.tensor([1.0, 1.0]), torch.tensor(0.5),
                            LossGuidanceConfig("MPGD", "fixed", 0.1), gen())
     assert seen == [False] and weight.grad is None
-    ab_next = 1 / 1.25
     torch.testing.assert_close(result.change, -0.1 * (A * x - target))   # √ᾱ'·Δx0 / √ᾱ' = Δx0
 
 

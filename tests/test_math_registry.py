@@ -1,7 +1,9 @@
-"""Tier 1: pyproject.toml carries what the Comfy Registry reads (comfy-cli's config parser and `comfy node validate`)."""
+"""Tier 1: pyproject.toml carries what the Comfy Registry reads (comfy-cli's config parser and \
+`comfy node validate`)."""
 import re
-import tomllib
 from pathlib import Path
+
+import tomllib
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -21,6 +23,6 @@ def test_pyproject_has_the_registry_fields():
 def test_requirements_txt_lists_the_same_dependencies():
     """Manager installs read requirements.txt, the Registry reads pyproject: they must agree."""
     meta = tomllib.loads((REPO / "pyproject.toml").read_text())
-    lines = [l.split("#")[0].strip() for l in (REPO / "requirements.txt").read_text().splitlines()
-             if l.split("#")[0].strip()]
+    lines = [line.split("#")[0].strip() for line in (REPO / "requirements.txt").read_text().splitlines()
+             if line.split("#")[0].strip()]
     assert sorted(lines) == sorted(meta["project"]["dependencies"])

@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from guidekit.run import RunError, apply_sets, load_workflow
+from guidekit.cli.run import RunError, apply_sets, load_workflow
 
 PROMPT = {
     "1": {"class_type": "CLIPTextEncode", "inputs": {"text": "a"}, "_meta": {"title": "Positive"}},

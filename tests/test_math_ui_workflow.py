@@ -1,7 +1,7 @@
 """Tier 1: UI-format to API-format conversion on hand-made node definitions (no ComfyUI)."""
 import pytest
 
-from guidekit.ui_workflow import WorkflowFormatError, is_ui_format, ui_to_api
+from guidekit.cli.ui_workflow import WorkflowFormatError, is_ui_format, ui_to_api
 
 OBJECT_INFO = {
     "Loader": {"input": {"required": {"name": [["a.safetensors", "b.safetensors"], {}]}}},

@@ -17,15 +17,14 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from comfy_host import import_comfy  # noqa: E402
+from guidekit.cli.inprocess import import_comfy  # noqa: E402
 
-comfy = import_comfy()
+import_comfy()
 import comfy.latent_formats  # noqa: E402
 import comfy.model_patcher  # noqa: E402
+import comfy.sd1_clip  # noqa: E402
 import comfy.supported_models  # noqa: E402
 import comfy.supported_models_base  # noqa: E402
-import comfy.sd1_clip  # noqa: E402
 
 UNET_COMMON = {"use_checkpoint": False, "image_size": 32, "use_spatial_transformer": True,
                "legacy": False, "in_channels": 4, "out_channels": 4, "adm_in_channels": None,
@@ -178,7 +177,8 @@ def write_checkpoint(path: Path, seed: int = 0) -> Path:
     """Write a thin SD1.5-architecture checkpoint (UNet + CLIP-L + KL VAE, seeded) in ComfyUI's format."""
     cpu = torch.device("cpu")
     patcher = seeded_patcher(comfy.supported_models.SD15, CHECKPOINT_UNET, seed)
-    clip = comfy.sd.CLIP(comfy.supported_models_base.ClipTarget(comfy.sd1_clip.SD1Tokenizer, comfy.sd1_clip.SD1ClipModel),
+    clip = comfy.sd.CLIP(comfy.supported_models_base.ClipTarget(comfy.sd1_clip.SD1Tokenizer,
+                                                                comfy.sd1_clip.SD1ClipModel),
                          model_options={"load_device": cpu, "offload_device": cpu, "dtype": torch.float32})
     init_weights(clip.cond_stage_model, seed + 1)
     vae = comfy.sd.VAE(sd=init_weights(thin_kl_autoencoder(), seed + 2).state_dict())
@@ -214,10 +214,12 @@ def _save(path: Path, state: dict, metadata: dict) -> Path:
 def write_tiny_open_clip(path: Path, seed: int = 0) -> Path:
     """A random open_clip CLIP with 2-layer towers; its config travels in the file's metadata."""
     import json
+
     import open_clip
     torch.manual_seed(seed)
     model = open_clip.CLIP(**TINY_OPEN_CLIP)
-    return _save(path, model.state_dict(), {"open_clip.arch": "guidekit-tiny", "open_clip.config": json.dumps(TINY_OPEN_CLIP)})
+    return _save(path, model.state_dict(),
+                 {"open_clip.arch": "guidekit-tiny", "open_clip.config": json.dumps(TINY_OPEN_CLIP)})
 
 
 def write_segmentation_network(path: Path, classes: int = 3, seed: int = 0) -> Path:

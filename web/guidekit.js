@@ -12,7 +12,7 @@ import { api } from "../../scripts/api.js";
 
 const PREFIX = "GuideKit";
 const REFRESH_MS = 300;            // how often the info rows compare their inputs with what they show
-let COSTS = {};                    // node id → cost entry (nodes/costs.py)
+let COSTS = {};                    // node id → cost entry (each node class's COST, GET /guidekit/costs)
 let LOADERS = {};                  // loader node type → [model folder, file widget]
 const NODES = new Set();           // GuideKit nodes with an info row, in a graph
 

@@ -2,16 +2,13 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import torch
 
-REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO / "tests"))
-from comfy_host import import_comfy  # noqa: E402
+from guidekit.cli.inprocess import import_comfy  # noqa: E402
 
-comfy = import_comfy()
+import_comfy()
 import comfy.latent_formats  # noqa: E402
 import comfy.model_base  # noqa: E402
 import comfy.model_patcher  # noqa: E402

@@ -1,7 +1,7 @@
 """The 2D fractal Gaussian mixture of the autoguidance toy example, with exact heat-diffused density.
 
-Written from the specification (Karras et al. 2024, NVlabs/edm2 `toy_example.py::gt`, reproduced in
-shared/design/references/methods.md §4.1): each class is a binary tree of branches, depth 0-6, each
+Written from the specification (Karras et al. 2024, NVlabs/edm2 `toy_example.py::gt`,
+https://github.com/NVlabs/edm2): each class is a binary tree of branches, depth 0-6, each
 branch 8 anisotropic Gaussians along its length; classes A and B start at one origin at angles π/4 and
 5π/4; one RandomState(2) feeds A then B. Heat diffusion to noise level σ adds σ²I to every covariance,
 so p(x; σ), ∇ log p(x; σ) and exact samples of x_σ are all closed form.
@@ -90,7 +90,8 @@ class GaussianMixture:
         s = torch.as_tensor(sigma, dtype=x.dtype).reshape(-1, 1)
         return x + s ** 2 * self.score(x, sigma)
 
-    def sample(self, n: int, sigma: torch.Tensor | float = 0.0, generator: torch.Generator | None = None) -> torch.Tensor:
+    def sample(self, n: int, sigma: torch.Tensor | float = 0.0,
+               generator: torch.Generator | None = None) -> torch.Tensor:
         """n exact samples of x_σ = x_0 + σ·ε."""
         k = torch.multinomial(self.weights, n, replacement=True, generator=generator)
         chol = torch.linalg.cholesky(self.covs)[k]

@@ -7,22 +7,25 @@ it is skipped (e.g. attention methods on the 2D MLP, which has no attention).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
-
 from functools import cache
+from typing import Callable
 
 import torch
 
-from .comfy_models import comfy, demo_mnist, mnist_patcher, toy_patcher  # noqa: F401  (ComfyUI first, CPU)
-from .networks import toy_context
-from .training import WEIGHTS
+from guidekit.cli.inprocess import import_comfy
+
+import_comfy()                   # ComfyUI in-process (CPU) before anything below imports it
 
 from guidekit.nodes.autoguidance import AutoguidanceGK, DegradedModelGK  # noqa: E402
 from guidekit.nodes.icg import IndependentConditionGuidanceGK  # noqa: E402
 from guidekit.nodes.pag import PerturbedAttentionGuidanceGK  # noqa: E402
-from guidekit.nodes.tsg import TimestepGuidanceGK  # noqa: E402
 from guidekit.nodes.sag import SelfAttentionGuidanceGK  # noqa: E402
 from guidekit.nodes.seg import SmoothedEnergyGuidanceGK  # noqa: E402
+from guidekit.nodes.tsg import TimestepGuidanceGK  # noqa: E402
+
+from .comfy_models import comfy, demo_mnist, mnist_patcher, toy_patcher  # noqa: F401  (ComfyUI first, CPU)
+from .networks import toy_context
+from .training import WEIGHTS
 
 Apply = Callable[[object, float, str], tuple[object, float]]     # (model, scale, dataset) → (model, cfg)
 
@@ -45,22 +48,18 @@ def register(method: Method) -> Method:
     return method
 
 
-BRANCH = dict(layers="default", start_percent=0.0, end_percent=1.0, rescale=0.0, mode="extra pass",
-              evaluation="auto")
-
 register(Method("unguided", "unguided", {"toy": (1.0,), "mnist": (1.0,), "mnist-uncond": (1.0,)},
                 lambda m, s, d: (m, 1.0)))
 register(Method("cfg", "CFG {s}", {"toy": (1.5, 2.0, 3.0, 4.0), "mnist": (1.5, 2.0, 3.0, 5.0)},
                 lambda m, s, d: (m, s)))
 register(Method("pag", "PAG {s}", {"mnist": (1.0, 3.0)},
-                lambda m, s, d: (PerturbedAttentionGuidanceGK.execute(m, scale=s, adaptive_scale=0.0, **BRANCH).result[0], 1.0)))
+                lambda m, s, d: (PerturbedAttentionGuidanceGK.run(model=m, scale=s)[0], 1.0)))
 register(Method("seg", "SEG {s}", {"mnist": (1.0, 3.0)},
-                lambda m, s, d: (SmoothedEnergyGuidanceGK.execute(m, scale=s, blur_sigma=-1.0, **BRANCH).result[0], 1.0)))
+                lambda m, s, d: (SmoothedEnergyGuidanceGK.run(model=m, scale=s)[0], 1.0)))
 register(Method("sag", "SAG {s}", {"mnist": (0.5, 1.0)},
-                lambda m, s, d: (SelfAttentionGuidanceGK.execute(m, scale=s, blur_sigma=2.0, layer="default", threshold=1.0,
-                                                              start_percent=0.0, end_percent=1.0).result[0], 1.0)))
+                lambda m, s, d: (SelfAttentionGuidanceGK.run(model=m, scale=s)[0], 1.0)))
 register(Method("cfg+pag", "CFG 2 + PAG {s}", {"mnist": (2.0,)},
-                lambda m, s, d: (PerturbedAttentionGuidanceGK.execute(m, scale=s, adaptive_scale=0.0, **BRANCH).result[0], 2.0)))
+                lambda m, s, d: (PerturbedAttentionGuidanceGK.run(model=m, scale=s)[0], 2.0)))
 
 
 # --- dual-model and condition guidance (issue 4) ------------------------------------------------------------
@@ -73,7 +72,7 @@ def trained(name: str):
 
 
 def autoguided(model, weak, w: float):
-    return AutoguidanceGK.execute(model, weak, w, 0.0, 1.0).result[0]
+    return AutoguidanceGK.run(model=model, weak_model=weak, w=w)[0]
 
 
 def class_pool(dataset: str) -> list:
@@ -85,14 +84,13 @@ def class_pool(dataset: str) -> list:
 
 def icg(model, mode: str, dataset: str):
     pool = class_pool(dataset) if mode == "pool" else None
-    return IndependentConditionGuidanceGK.execute(model, mode, 0, 0.0, 1.0, pool=pool).result[0]
+    return IndependentConditionGuidanceGK.run(model=model, mode=mode, pool=pool)[0]
 
 
 register(Method("autoguidance", "AG w={s}", {"toy": (2.0, 3.0, 4.0), "mnist": (1.5, 2.0, 2.5, 3.0)},
                 lambda m, s, d: (autoguided(m, trained(f"{d}-weak"), s), 1.0)))
 register(Method("ag-degraded", "AG degraded self w={s}", {"mnist": (2.0, 3.0)},
-                lambda m, s, d: (autoguided(m, DegradedModelGK.execute(m, "identity attention (PAG)", "default",
-                                                                       -1.0).result[0], s), 1.0)))
+                lambda m, s, d: (autoguided(m, DegradedModelGK.run(model=m)[0], s), 1.0)))
 register(Method("icg", "ICG gaussian {s}", {"toy": (1.5, 2.0, 3.0), "mnist": (1.5, 2.0, 3.0)},
                 lambda m, s, d: (icg(m, "gaussian", d), s)))
 register(Method("icg-class", "ICG random class {s}", {"toy": (2.0,), "mnist": (2.0, 3.0)},
@@ -100,6 +98,6 @@ register(Method("icg-class", "ICG random class {s}", {"toy": (2.0,), "mnist": (2
 register(Method("sims", "SIMS w={s}", {"mnist": (1.5, 2.0, 3.0)},
                 lambda m, s, d: (autoguided(m, trained("mnist-sims"), s), 1.0)))
 register(Method("tsg", "TSG s=8 w={s}", {"mnist-uncond": (1.5, 2.0, 3.0)},
-                lambda m, s, d: (TimestepGuidanceGK.execute(m, 8.0, 1.0, 0, 0.0, 1.0).result[0], s)))
+                lambda m, s, d: (TimestepGuidanceGK.run(model=m, noise_scale=8.0)[0], s)))
 register(Method("tsg-s4", "TSG s=4 w={s}", {"mnist-uncond": (2.0,)},
-                lambda m, s, d: (TimestepGuidanceGK.execute(m, 4.0, 1.0, 0, 0.0, 1.0).result[0], s)))
+                lambda m, s, d: (TimestepGuidanceGK.run(model=m, noise_scale=4.0)[0], s)))

@@ -154,6 +154,7 @@ def api_to_ui(prompt: dict, object_info: dict) -> dict:
         node["outputs"] = [{"name": name, "type": kind, "links": out_links.get((str(node["id"]), slot), []),
                             "slot_index": slot} for slot, (name, kind) in enumerate(node.pop("_outputs"))]
     signature = ",".join(f"{nid}:{prompt[nid]['class_type']}" for nid in ids)
-    return {"id": str(uuid.uuid5(uuid.NAMESPACE_URL, "guidekit:" + signature)), "revision": 0, "last_node_id": max(map(int, ids)),
+    return {"id": str(uuid.uuid5(uuid.NAMESPACE_URL, "guidekit:" + signature)), "revision": 0,
+            "last_node_id": max(map(int, ids)),
             "last_link_id": len(links), "nodes": nodes, "links": links, "groups": [], "config": {},
             "extra": {"ds": {"scale": 0.8, "offset": [0, 0]}}, "version": 0.4}

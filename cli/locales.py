@@ -1,6 +1,6 @@
 """Write locales/en/nodeDefs.json from the nodes' own schemas (names, descriptions, tooltips).
 
-    python3 scripts/host.py run-python scripts/locales.py [--check]
+    python3 scripts/host.py run-python -m guidekit.cli.locales [--check]
 
 The ComfyUI frontend reads custom nodes' locales/<lang>/nodeDefs.json for node names and tooltips; a
 translator copies locales/en/ to another language. The English file is generated, never edited by
@@ -18,8 +18,7 @@ OUT = REPO / "locales" / "en" / "nodeDefs.json"
 
 def build() -> dict:
     """{node_id: {display_name, description, inputs: {id: {name, tooltip}}, outputs: {index: {name, tooltip}}}}."""
-    sys.path.insert(0, str(REPO / "tests"))
-    from comfy_host import import_comfy
+    from guidekit.cli.inprocess import import_comfy
     import_comfy()
     from guidekit.nodes import NODES
     defs = {}
@@ -42,7 +41,8 @@ def main(argv: list[str]) -> int:
     text = render(defs)
     if "--check" in argv:
         if not OUT.is_file() or OUT.read_text() != text:
-            print(f"{OUT.relative_to(REPO)} is out of date: run python3 scripts/host.py run-python scripts/locales.py")
+            print(f"{OUT.relative_to(REPO)} is out of date: "
+                  "run python3 scripts/host.py run-python -m guidekit.cli.locales")
             return 1
         print(f"{OUT.relative_to(REPO)} is up to date")
         return 0

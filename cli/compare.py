@@ -1,10 +1,10 @@
 """Compare guidance methods on one seed: a labelled grid image with each method's time per step.
 
-    python -m guidekit.compare [--checkpoint NAME] [--prompt TEXT] [--negative TEXT] [--methods cfg,pag,seg,...]
+    python -m guidekit.cli.compare [--checkpoint NAME] [--prompt TEXT] [--negative TEXT] [--methods cfg,pag,seg,...]
                                [--seed 0] [--steps 20] [--cfg 5.0] [--width 512] [--height 512] [--out DIR]
 
 Runs one txt2img workflow per method through a headless ComfyUI (the same runner as `python -m
-guidekit.run`): the checkpoint's model goes through the method's GuideKit node (its default settings,
+guidekit.cli.run`): the checkpoint's model goes through the method's GuideKit node (its default settings,
 read from the server) into KSampler. Writes compare.png (a labelled row of images: method, seconds per
 step) and compare.json to --out. Without --checkpoint it uses the embedded default model
 (guidekit-thin-sd15.safetensors, a random-weight test model: the images show noise; pass a real
@@ -19,26 +19,25 @@ import json
 import os
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
-from PIL import Image, ImageDraw
+from PIL import Image
 
-try:
-    from .run import ComfyServer, RunError
-except ImportError:                                    # run as a plain script
-    from run import ComfyServer, RunError
+from ..postprocess.grid import add_ratios, labelled_grid, method_label
+from .run import ComfyServer, RunError
 
 DEFAULT_CHECKPOINT = "guidekit-thin-sd15.safetensors"
-# method → (node class, overrides of its defaults, sampler cfg or None = --cfg); every node takes "model"
-METHODS: dict[str, tuple[str | None, dict, float | None]] = {
-    "cfg": (None, {}, None),
-    "pag": ("GuideKitPAG", {}, None),
-    "seg": ("GuideKitSEG", {}, None),
-    "sag": ("GuideKitSAG", {}, None),
-    "icg": ("GuideKitICG", {}, None),
-    "tsg": ("GuideKitTSG", {}, None),
-    "pag-only": ("GuideKitPAG", {}, 1.0),
-}
+
+
+def server_methods(server: ComfyServer) -> dict[str, dict]:
+    """The methods the server's GuideKit offers: name → {"node", "inputs", "cfg"} (its node classes' COMPARE)."""
+    try:
+        with urllib.request.urlopen(server.url + "/guidekit/costs", timeout=30) as r:
+            return json.load(r)["methods"]
+    except (OSError, KeyError, ValueError) as e:
+        raise RunError(f"the server's GuideKit does not list its compare methods ({e}): is GuideKit installed in "
+                       "its custom_nodes?", 1) from e
 
 
 def base_prompt(checkpoint: str, prompt: str, negative: str, seed: int, steps: int, cfg: float,
@@ -71,52 +70,27 @@ def node_defaults(object_info: dict, node: str) -> dict:
     return out
 
 
-def method_prompt(base: dict, method: str, object_info: dict, cfg: float) -> dict:
+def method_prompt(base: dict, method: str, object_info: dict, cfg: float, methods: dict[str, dict]) -> dict:
     """The base workflow with the method's node between the checkpoint and KSampler."""
-    if method not in METHODS:
-        raise RunError(f"unknown method {method!r}; choose from {', '.join(METHODS)}", 2)
-    node, overrides, sampler_cfg = METHODS[method]
+    if method not in methods:
+        raise RunError(f"unknown method(s) [{method!r}]; choose from {', '.join(methods)}", 2)
+    spec = methods[method]
     prompt = json.loads(json.dumps(base))
-    prompt["5"]["inputs"]["cfg"] = cfg if sampler_cfg is None else sampler_cfg
-    if node is not None:
-        prompt["100"] = {"class_type": node, "inputs": {**node_defaults(object_info, node), **overrides,
-                                                        "model": ["1", 0]}}
+    prompt["5"]["inputs"]["cfg"] = cfg if spec["cfg"] is None else spec["cfg"]
+    if spec["node"] is not None:
+        prompt["100"] = {"class_type": spec["node"], "inputs": {**node_defaults(object_info, spec["node"]),
+                                                                **spec["inputs"], "model": ["1", 0]}}
         prompt["5"]["inputs"]["model"] = ["100", 0]
     return prompt
-
-
-def labelled_grid(panels: list[tuple[str, Image.Image]], size: int = 256) -> Image.Image:
-    """One row: each image scaled to `size` (its aspect kept) with a two-line label above."""
-    label_h = 34
-    heights = [round(size * im.height / im.width) for _, im in panels]
-    grid = Image.new("RGB", (size * len(panels), max(heights) + label_h), "white")
-    draw = ImageDraw.Draw(grid)
-    for i, ((label, im), h) in enumerate(zip(panels, heights)):
-        grid.paste(im.convert("RGB").resize((size, h)), (i * size, label_h))
-        for j, line in enumerate(label.split("\n")[:2]):
-            draw.text((i * size + 6, 3 + 15 * j), line, fill="black")
-    return grid
-
-
-def add_ratios(rows: list[dict]) -> list[dict]:
-    """Each row's seconds per step relative to the 'cfg' row (None when CFG was not run)."""
-    base = next((r["seconds_per_step"] for r in rows if r["method"] == "cfg"), None)
-    for r in rows:
-        r["vs_cfg"] = r["seconds_per_step"] / base if base else None
-    return rows
-
-
-def method_label(method: str, seconds_per_step: float, vs_cfg: float | None) -> str:
-    return f"{method}\n{seconds_per_step:.2f} s/step" + (f" ({vs_cfg:.2f}x CFG)" if vs_cfg else "")
 
 
 def compare(server: ComfyServer, methods: list[str], out: Path, checkpoint: str = DEFAULT_CHECKPOINT,
             prompt: str = "a photo of a red apple on a wooden table", negative: str = "", seed: int = 0,
             steps: int = 20, cfg: float = 5.0, width: int = 512, height: int = 512) -> dict:
     """Run every method on one seed; write compare.png and compare.json to `out`; return the record."""
-    info = server.object_info()
+    info, table = server.object_info(), server_methods(server)
     base = base_prompt(checkpoint, prompt, negative, seed, steps, cfg, width, height)
-    prompts = {m: method_prompt(base, m, info, cfg) for m in methods}    # bad names fail before any run
+    prompts = {m: method_prompt(base, m, info, cfg, table) for m in methods}    # bad names fail before any run
     warmup = json.loads(json.dumps(prompts[methods[0]]))                 # loads the model, not timed; another
     warmup["5"]["inputs"].update(seed=seed + 1, steps=1)                 # seed, so no timed run is a cache hit
     server.run(warmup, out / "warmup")
@@ -126,7 +100,7 @@ def compare(server: ComfyServer, methods: list[str], out: Path, checkpoint: str 
         if not result.images:
             raise RunError(f"method {method!r} produced no image", 1)
         rows.append({"method": method, "image": os.path.relpath(result.images[0], out), "seconds": result.seconds,
-                     "seconds_per_step": result.seconds / steps, "node": METHODS[method][0],
+                     "seconds_per_step": result.seconds / steps, "node": table[method]["node"],
                      "cfg": p["5"]["inputs"]["cfg"]})
     add_ratios(rows)
     panels = []
@@ -142,11 +116,13 @@ def compare(server: ComfyServer, methods: list[str], out: Path, checkpoint: str 
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m guidekit.compare", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m guidekit.cli.compare", description=__doc__.split("\n\n")[0])
     p.add_argument("--checkpoint", default=DEFAULT_CHECKPOINT, help="a file in models/checkpoints")
     p.add_argument("--prompt", default="a photo of a red apple on a wooden table")
     p.add_argument("--negative", default="")
-    p.add_argument("--methods", default="cfg,pag,seg,sag", help=f"comma-separated, from: {', '.join(METHODS)}")
+    p.add_argument("--methods", default="cfg,pag,seg,sag",
+                   help="comma-separated: cfg and the methods GuideKit's nodes offer "
+                        "(pag, pag-only, seg, sag, icg, tsg)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--cfg", type=float, default=5.0)
@@ -161,27 +137,30 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-    unknown = [m for m in methods if m not in METHODS]
-    if not methods or unknown:
-        print(f"guidekit.compare: error: unknown method(s) {unknown}; choose from {', '.join(METHODS)}", file=sys.stderr)
+    if not methods:
+        print("guidekit.cli.compare: error: no methods given (--methods cfg,pag,...)", file=sys.stderr)
         return 2
     if args.comfyui is None:
-        print("guidekit.compare: error: no ComfyUI given: set COMFYUI_PATH or pass --comfyui", file=sys.stderr)
+        print("guidekit.cli.compare: error: no ComfyUI given: set COMFYUI_PATH or pass --comfyui", file=sys.stderr)
         return 2
     server = ComfyServer(Path(args.comfyui), args.models_dir)
     try:
         t0 = time.monotonic()
         server.start()
         print(f"ComfyUI ready in {time.monotonic() - t0:.1f} s; comparing {', '.join(methods)}", flush=True)
+        unknown = [m for m in methods if m not in server_methods(server)]
+        if unknown:
+            raise RunError(f"unknown method(s) {unknown}; choose from {', '.join(server_methods(server))}", 2)
         record = compare(server, methods, args.out, args.checkpoint, args.prompt, args.negative, args.seed,
                          args.steps, args.cfg, args.width, args.height)
     except RunError as err:
-        print(f"guidekit.compare: error: {err}", file=sys.stderr)
+        print(f"guidekit.cli.compare: error: {err}", file=sys.stderr)
         return err.status
     finally:
         server.stop()
     for r in record["methods"]:
-        print(f"{r['method']:10s} {r['seconds_per_step']:.3f} s/step" + (f"  {r['vs_cfg']:.2f}x CFG" if r["vs_cfg"] else ""))
+        print(f"{r['method']:10s} {r['seconds_per_step']:.3f} s/step"
+              + (f"  {r['vs_cfg']:.2f}x CFG" if r["vs_cfg"] else ""))
     print(args.out / record["grid"])
     return 0
 

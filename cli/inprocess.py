@@ -1,4 +1,6 @@
-"""Import the real ComfyUI in-process, CPU only, without letting it parse our command line."""
+"""Import the real ComfyUI in-process (tests, benchmarks, generators, the refiner trainer's --vae), without
+letting it parse our command line. ComfyUI is not an installed package: its folder goes first on sys.path,
+the one place outside the tests' conftest where GuideKit edits sys.path."""
 from __future__ import annotations
 
 import os
@@ -15,8 +17,8 @@ def comfyui_path() -> Path:
     return Path(path)
 
 
-def import_comfy():
-    """Put ComfyUI on sys.path, switch it to the CPU, import it, and return the `comfy` package."""
+def import_comfy(cpu: bool = True):
+    """Put ComfyUI on sys.path, switch it to the CPU (unless `cpu` is False), import it, return `comfy`."""
     root = str(comfyui_path())
     if root in sys.path:
         sys.path.remove(root)
@@ -24,10 +26,11 @@ def import_comfy():
     import comfy.options
     comfy.options.enable_args_parsing(False)
     import comfy.cli_args
-    comfy.cli_args.args.cpu = True
+    comfy.cli_args.args.cpu = cpu or comfy.cli_args.args.cpu
     import comfy.model_management  # noqa: F401  (reads args.cpu at import)
     import comfy.sample  # noqa: F401
     import comfy.sd  # noqa: F401
+
     # ComfyUI's top-level `nodes` module, now, while ComfyUI is first on sys.path: the repo's own `nodes/`
     # package has the same name and shadows it for an import made later from the repo root.
     import nodes

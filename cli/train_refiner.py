@@ -1,6 +1,7 @@
 """Train a flow refiner (Zhao & Schwing 2025) from generated samples and real data.
 
-    python -m guidekit.train_refiner --generated GEN [GEN ...] --real REAL --out models/guidekit_refiners/NAME.safetensors
+    python -m guidekit.cli.train_refiner --generated GEN [GEN ...] --real REAL \
+--out models/guidekit_refiners/NAME.safetensors
         [--vae VAE.safetensors] [--latent-format SD15] [--neighbour-space samples|open_clip]
         [--open-clip FILE --open-clip-arch ViT-B-16 --pool mean-patch|pooled]
         [--k 20] [--iterations 4000] [--batch-size 256] [--lr 3e-4] [--ema 0.999] [--seed 0]
@@ -10,7 +11,7 @@ GEN and REAL are folders of images or tensor files (.safetensors with one tensor
 from Save Latent). Several GEN sets (e.g. one per guidance scale) are pooled with equal counts: the
 paper's one-for-all-scales refiner. Folders of images train in pixel space, or in a VAE's latent space
 with --vae (encoded with ComfyUI's VAE, so ComfyUI must be importable: run it through
-`python3 scripts/host.py run-python -m guidekit.train_refiner ...`). Tensor files train on their values
+`python3 scripts/host.py run-python -m guidekit.cli.train_refiner ...`). Tensor files train on their values
 (latents as the sampler outputs them; (N, D) vectors with an MLP). Neighbours are searched with FAISS in
 the training space or in open_clip image features. Interrupt and rerun the same command to resume from
 the checkpoint (default: OUT + '.ckpt').
@@ -18,7 +19,6 @@ the checkpoint (default: OUT + '.ckpt').
 from __future__ import annotations
 
 import argparse
-import os
 import shlex
 import sys
 from pathlib import Path
@@ -26,20 +26,14 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-try:
-    from .guidance.losses import CLIP_MEAN, CLIP_STD
-    from .postprocess import data, features, neighbours
-    from .postprocess.refiner import save_refiner
-    from .postprocess.train import TrainSettings, new_refiner, pool_equal, tensor_sha256, train_refiner
-except ImportError:                                    # run as a plain script
-    from guidance.losses import CLIP_MEAN, CLIP_STD
-    from postprocess import data, features, neighbours
-    from postprocess.refiner import save_refiner
-    from postprocess.train import TrainSettings, new_refiner, pool_equal, tensor_sha256, train_refiner
+from ..guidance.losses import CLIP_MEAN, CLIP_STD
+from ..postprocess import data, features, neighbours
+from ..postprocess.refiner import save_refiner
+from ..postprocess.train import TrainSettings, new_refiner, pool_equal, tensor_sha256, train_refiner
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m guidekit.train_refiner", description=__doc__,
+    p = argparse.ArgumentParser(prog="python -m guidekit.cli.train_refiner", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--generated", type=Path, nargs="+", required=True, help="generated samples (one set per scale)")
     p.add_argument("--real", type=Path, required=True, help="real samples")
@@ -48,7 +42,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--latent-format", default="", help="recorded in the file, e.g. SD15, SDXL, Flux")
     p.add_argument("--neighbour-space", choices=("samples", "open_clip"), default="samples")
     p.add_argument("--open-clip", type=Path, help="open_clip weights (.safetensors) for --neighbour-space open_clip")
-    p.add_argument("--open-clip-arch", default="ViT-B-16", help="open_clip model name (unless the file's metadata has a config)")
+    p.add_argument("--open-clip-arch", default="ViT-B-16",
+                   help="open_clip model name (unless the file's metadata has a config)")
     p.add_argument("--pool", choices=features.POOLS, default="mean-patch")
     p.add_argument("--k", type=int, default=20)
     p.add_argument("--limit", type=int, help="use at most this many samples of each set")
@@ -71,27 +66,28 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def comfy_vae(path: Path):
     """ComfyUI's VAE for a weights file (the only part of training that needs ComfyUI)."""
-    root = os.environ.get("COMFYUI_PATH")
-    if root and root not in sys.path:
-        sys.path.insert(0, root)
+    from .inprocess import import_comfy
     try:
+        import_comfy(cpu=False)              # ComfyUI picks the device, as in a server
         import comfy.sd
         import comfy.utils
-    except ImportError as e:
+    except (ImportError, RuntimeError) as e:
         raise SystemExit("--vae needs ComfyUI: run through `python3 scripts/host.py run-python -m "
-                         "guidekit.train_refiner ...` or set COMFYUI_PATH") from e
+                         "guidekit.cli.train_refiner ...` or set COMFYUI_PATH") from e
     return comfy.sd.VAE(sd=comfy.utils.load_torch_file(str(path)))
 
 
 def load_open_clip_visual(path: Path, arch: str):
     """The vision tower of an open_clip file: the architecture by name, or from the file's 'open_clip.config'."""
     import json
+
     import open_clip
     from safetensors import safe_open
     from safetensors.torch import load_file
     with safe_open(str(path), framework="pt") as f:
         config = (f.metadata() or {}).get("open_clip.config")
-    model = open_clip.CLIP(**json.loads(config)) if config else open_clip.create_model(arch, pretrained=None, device="cpu")
+    model = (open_clip.CLIP(**json.loads(config)) if config
+             else open_clip.create_model(arch, pretrained=None, device="cpu"))
     model.load_state_dict(load_file(str(path)))
     size = model.visual.image_size
     cfg = getattr(model.visual, "preprocess_cfg", {}) or {}
@@ -150,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
 
     result = train_refiner(refiner, generated, real, nbrs, settings, checkpoint, args.device, on_step)
     bar.close()
-    command = "python -m guidekit.train_refiner " + shlex.join(sys.argv[1:] if argv is None else argv)
+    command = "python -m guidekit.cli.train_refiner " + shlex.join(sys.argv[1:] if argv is None else argv)
     save_refiner(args.out, result.refiner, space, tuple(generated.shape[1:]), args.latent_format,
                  neighbour_space=args.neighbour_space if args.neighbour_space == "samples"
                  else f"open_clip {args.open_clip.name} {args.pool}",

@@ -1,6 +1,6 @@
 """Headless runner: start ComfyUI on loopback, run a workflow, save its images, stop.
 
-    python -m guidekit.run WORKFLOW.json [--set NODE.INPUT=VALUE ...] [--out DIR]
+    python -m guidekit.cli.run WORKFLOW.json [--set NODE.INPUT=VALUE ...] [--out DIR]
 
 WORKFLOW is API format ("Export (API)") or UI format (a saved workflow or template; converted with the
 server's node definitions).
@@ -27,10 +27,7 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
-try:
-    from .ui_workflow import WorkflowFormatError, is_ui_format, ui_to_api
-except ImportError:                                    # run as a plain script
-    from ui_workflow import WorkflowFormatError, is_ui_format, ui_to_api
+from .ui_workflow import WorkflowFormatError, is_ui_format, ui_to_api
 
 MODEL_FOLDERS = ("checkpoints", "vae", "vae_approx", "loras", "clip", "text_encoders", "diffusion_models",
                  "unet", "clip_vision", "embeddings", "upscale_models", "controlnet", "guidekit",
@@ -343,7 +340,7 @@ async def _follow(ws, prompt_id: str, timeout: float, progress: bool) -> None:
 # Command line
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m guidekit.run", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m guidekit.cli.run", description=__doc__.split("\n\n")[0])
     p.add_argument("workflow", type=Path, help="workflow JSON, API or UI format")
     p.add_argument("--set", dest="sets", action="append", default=[], metavar="NODE.INPUT=VALUE",
                    help="override an input (repeatable), e.g. --set KSampler.seed=7")
@@ -388,12 +385,12 @@ def main(argv: list[str] | None = None) -> int:
         failed = False
         return 0
     except RunError as err:
-        print(f"guidekit.run: error: {err}", file=sys.stderr)
+        print(f"guidekit.cli.run: error: {err}", file=sys.stderr)
         if server is not None and server.process is not None:
-            print(f"guidekit.run: ComfyUI's log: {server.log_path}", file=sys.stderr)
+            print(f"guidekit.cli.run: ComfyUI's log: {server.log_path}", file=sys.stderr)
         return err.status
     except KeyboardInterrupt:
-        print("guidekit.run: interrupted", file=sys.stderr)
+        print("guidekit.cli.run: interrupted", file=sys.stderr)
         return 130
     finally:
         if server is not None:
