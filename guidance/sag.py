@@ -17,12 +17,15 @@ def attention_mask(attn: torch.Tensor, height: int, width: int, threshold: float
     return saliency_mask(attn.mean(dim=1).sum(dim=1), height, width, threshold)
 
 
-def saliency_mask(column_sum: torch.Tensor, height: int, width: int, threshold: float = 1.0) -> torch.Tensor:
-    """(B, N) key saliency (attention received, mean over heads) → (B, 1, h, w) mask of keys above threshold."""
+def saliency_mask(column_sum: torch.Tensor, height: int, width: int, threshold: float = 1.0,
+                  frames: int = 1) -> torch.Tensor:
+    """(B, N) key saliency (attention received, mean over heads) → mask of keys above threshold:
+    (B, 1, h, w), or (B, 1, frames, h, w) for a video grid."""
     b, n = column_sum.shape
-    if n != height * width:
-        raise ValueError(f"{n} attention tokens do not fill a {height}×{width} grid")
-    return (column_sum > threshold).to(column_sum.dtype).reshape(b, 1, height, width)
+    if n != frames * height * width:
+        raise ValueError(f"{n} attention tokens do not fill a {frames}×{height}×{width} grid")
+    shape = (b, 1, height, width) if frames == 1 else (b, 1, frames, height, width)
+    return (column_sum > threshold).to(column_sum.dtype).reshape(shape)
 
 
 def key_saliency(q: torch.Tensor, k: torch.Tensor, n_image: int, chunk: int = 1024) -> torch.Tensor:
@@ -44,8 +47,17 @@ def key_saliency(q: torch.Tensor, k: torch.Tensor, n_image: int, chunk: int = 10
 def degrade(x0: torch.Tensor, mask: torch.Tensor, blur_sigma: float, kernel: int = 9) -> torch.Tensor:
     """x̄0 = blur(x0)·M + x0·(1 − M), M upsampled (nearest) to x0's size (ADM `attention_masking`).
 
-    The kernel shrinks on sides too small for it, so tiny latents degrade instead of failing.
+    Video x0 (B, C, T, H, W) is blurred frame by frame with a (B, 1, t, h, w) mask. The kernel shrinks on
+    sides too small for it, so tiny latents degrade instead of failing.
     """
+    if x0.ndim == 5:
+        b, c, frames, h, w = x0.shape
+        mask = mask if mask.ndim == 5 else mask.unsqueeze(2)         # one frame (image models with 5-D latents)
+        m = F.interpolate(mask, size=(frames, h, w), mode="nearest").to(x0.dtype)
+        per_frame = x0.transpose(1, 2).reshape(b * frames, c, h, w)
+        blurred = gaussian_blur_2d(per_frame, min(kernel, 2 * h - 1), min(kernel, 2 * w - 1), blur_sigma)
+        blurred = blurred.reshape(b, frames, c, h, w).transpose(1, 2)
+        return blurred * m + x0 * (1 - m)
     h, w = x0.shape[-2:]
     m = F.interpolate(mask, size=(h, w), mode="nearest").to(x0.dtype)
     blurred = gaussian_blur_2d(x0, min(kernel, 2 * h - 1), min(kernel, 2 * w - 1), blur_sigma)

@@ -25,25 +25,40 @@ def kernel_size(sigma: float, side: int) -> int:
     return min(k, side - (side % 2 - 1))
 
 
-def blur_queries(q: torch.Tensor, height: int, width: int, sigma: float) -> torch.Tensor:
-    """Blur queries (B, N, C) of an h×w token grid (N = h·w) over space; σ → ∞ gives their mean."""
+def blur_queries(q: torch.Tensor, height: int, width: int, sigma: float, frames: int = 1,
+                 temporal_sigma: float = 0.0) -> torch.Tensor:
+    """Blur queries (B, N, C) of a frames×h×w token grid over space, each frame on its own, and over time when
+    `temporal_sigma` > 0; σ → ∞ gives each frame's spatial mean (with an infinite temporal σ, the clip's)."""
     b, n, c = q.shape
-    if n != height * width:
-        raise ValueError(f"{n} query tokens do not fill a {height}×{width} grid")
-    if is_infinite(sigma):
-        return q.mean(dim=1, keepdim=True).expand(b, n, c)
-    grid = q.transpose(1, 2).reshape(b, c, height, width)
-    blurred = gaussian_blur_2d(grid, kernel_size(sigma, height), kernel_size(sigma, width), sigma)
-    return blurred.reshape(b, c, n).transpose(1, 2)
+    if n != frames * height * width:
+        raise ValueError(f"{n} query tokens do not fill a {frames}×{height}×{width} grid")
+    if frames == 1 and not temporal_sigma:
+        if is_infinite(sigma):
+            return q.mean(dim=1, keepdim=True).expand(b, n, c)
+        grid = q.transpose(1, 2).reshape(b, c, height, width)
+        blurred = gaussian_blur_2d(grid, kernel_size(sigma, height), kernel_size(sigma, width), sigma)
+        return blurred.reshape(b, c, n).transpose(1, 2)
+    x = q.reshape(b * frames, height * width, c)
+    x = blur_queries(x, height, width, sigma).reshape(b, frames, height * width, c)
+    if temporal_sigma and frames > 1:                    # the same Gaussian along the frame axis
+        if is_infinite(temporal_sigma):
+            x = x.mean(dim=1, keepdim=True).expand_as(x)
+        else:
+            size = kernel_size(temporal_sigma, frames)
+            seq = x.permute(0, 2, 3, 1).reshape(b, height * width * c, frames, 1)
+            x = gaussian_blur_2d(seq, size, 1, temporal_sigma).reshape(b, height * width, c, frames).permute(0, 3, 1, 2)
+    return x.reshape(b, n, c)
 
 
-def blur_image_queries(q: torch.Tensor, height: int, width: int, sigma: float) -> torch.Tensor:
-    """SEG on (B, heads, L, d) queries whose last h·w tokens are the image grid (joint DiT attention).
+def blur_image_queries(q: torch.Tensor, height: int, width: int, sigma: float, frames: int = 1,
+                       temporal_sigma: float = 0.0) -> torch.Tensor:
+    """SEG on (B, heads, L, d) queries whose last frames·h·w tokens are the image grid (joint DiT attention).
 
     Only image queries are blurred, each head's channels separately; text queries are left as they are.
     """
     b, heads, length, d = q.shape
-    n = height * width
+    n = frames * height * width
     image = q[:, :, length - n:].permute(0, 2, 1, 3).reshape(b, n, heads * d)
-    blurred = blur_queries(image, height, width, sigma).reshape(b, n, heads, d).permute(0, 2, 1, 3)
+    blurred = blur_queries(image, height, width, sigma, frames, temporal_sigma)
+    blurred = blurred.reshape(b, n, heads, d).permute(0, 2, 1, 3)
     return torch.cat([q[:, :, :length - n], blurred], dim=2)

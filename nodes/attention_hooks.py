@@ -1,8 +1,10 @@
 """The shared host adapter: perturb chosen self-attention layers on chosen batch rows of a model call.
 
-A perturbation sees (B, heads, L, d) queries, keys and values plus the image-token grid (h, w) (image
-tokens are the last h·w of L) and returns the attention output, or new (q, k, v) for the host's own
-attention to run on (so masks, precision and fast kernels stay the host's), or None to leave the rows be.
+A perturbation sees (B, heads, L, d) queries, keys and values plus the image-token grid (frames, h, w) (image
+tokens are the last frames·h·w of L: families that put them first are reordered for it and back) and returns
+the attention output, or new (q, k, v) for the host's own attention to run on (so masks, precision and fast
+kernels stay the host's), or None to leave the rows be. On DiTs only self-attention is perturbed: calls whose
+keys are as many as the queries and hold the image grid (cross-attention to text or reference images is not).
 
 Hooks are installed per call on a *copy* of model_options (never on the patched model), with the rows to
 perturb named in transformer_options[MARK] = {cond index: branch token}; ComfyUI labels each chunk of a
@@ -22,13 +24,15 @@ from .layers import Architecture, Layer
 
 MARK = "guidekit_rows"
 GRID = "guidekit_grid"
+IMAGE_FIRST = "guidekit_image_first"         # the family puts image tokens before text in joint attention
 
-Perturbation = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, tuple[int, int]],
+Grid = tuple[int, int, int]          # image tokens as (frames, height, width); images have 1 frame
+Perturbation = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, Grid],
                         "torch.Tensor | tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None"]
 
 
 def install(model_options: dict, arch: Architecture, layers: Iterable[Layer], token: object,
-            perturb: Perturbation, rows: Iterable[int], grid: tuple[int, int]) -> dict:
+            perturb: Perturbation, rows: Iterable[int], grid: Grid) -> dict:
     """A copy of model_options whose `layers` run `perturb` on the chunks of cond indices `rows`."""
     mo = dict(model_options)
     to = dict(mo.get("transformer_options", {}))
@@ -43,21 +47,36 @@ def install(model_options: dict, arch: Architecture, layers: Iterable[Layer], to
         replace["attn1"] = attn1
         return mo
     to[GRID] = grid
+    to[IMAGE_FIRST] = arch.image_first
     to["optimized_attention_override"] = DiTSelfAttention(token, perturb, layers,
                                                           to.get("optimized_attention_override"))
-    if arch.family == "mmdit":      # MMDiT does not name its blocks to the attention call: label them
-        dit = dict(replace.get("dit", {}))
+    if arch.dit_keys:               # families whose blocks are not named to the attention call: label them
+        dit, keys = dict(replace.get("dit", {})), dict(arch.dit_keys)
         for layer in layers:
-            key = ("double_block", layer[1])
+            key = (keys[layer[0]], layer[1])
             dit[key] = BlockLabel(layer, dit.get(key))
         replace["dit"] = dit
     return mo
 
 
-def image_grid(arch: Architecture, latent_shape: torch.Size) -> tuple[int, int]:
-    """Token grid of a DiT for a latent (patchified with padding to whole patches)."""
-    p = arch.patch_size
-    return -(-latent_shape[-2] // p), -(-latent_shape[-1] // p)
+def image_grid(arch: Architecture, latent_shape: torch.Size) -> Grid:
+    """Token grid of a DiT for a latent (B, C, H, W) or video latent (B, C, T, H, W), padded to whole patches."""
+    pt, ph, pw = arch.patch
+    frames = -(-latent_shape[-3] // pt) if len(latent_shape) == 5 else 1
+    return frames, -(-latent_shape[-2] // ph), -(-latent_shape[-1] // pw)
+
+
+def _image_last(tensors, n_image: int, first: bool):
+    """q, k, v with the image tokens moved last when the family puts them first (a view otherwise)."""
+    if not first:
+        return tensors
+    return [torch.cat([t[:, :, n_image:], t[:, :, :n_image]], dim=2) for t in tensors]
+
+
+def _image_back(out: torch.Tensor, n_image: int, first: bool) -> torch.Tensor:
+    if not first:
+        return out
+    return torch.cat([out[:, :, -n_image:], out[:, :, :-n_image]], dim=2)
 
 
 def _marked_chunks(transformer_options: dict, token: object) -> tuple[list[int], list[int]]:
@@ -125,7 +144,7 @@ class UNetSelfAttention:
         heads, per_chunk = extra_options["n_heads"], q.shape[0] // (len(mine) + len(other))
         rows = _rows(mine, per_chunk, q.device)
         shape = extra_options["original_shape"]
-        grid = token_grid(q.shape[1], shape[-2], shape[-1])
+        grid = (1, *token_grid(q.shape[1], shape[-2], shape[-1]))
         split = [_heads_first(t[rows], heads) for t in (q, k, v)]
         out = self.perturb(*split, grid)
         if out is None:
@@ -160,18 +179,26 @@ class DiTSelfAttention:
             return self.default(func, *args, **kwargs)
         q, k, v = args[:3]
         heads = args[3] if len(args) > 3 else kwargs["heads"]
+        skip_reshape = kwargs.get("skip_reshape", False)
+        seq = 2 if skip_reshape else 1
+        grid = to[GRID]
+        n_image = grid[0] * grid[1] * grid[2]
+        if q.shape[seq] != k.shape[seq] or q.shape[seq] < n_image:       # cross-attention: text, references
+            return self.default(func, *args, **kwargs)
         per_chunk = q.shape[0] // (len(mine) + len(other))
         rows = _rows(mine, per_chunk, q.device)
-        skip_reshape = kwargs.get("skip_reshape", False)
         if skip_reshape:
             split = [t[rows] for t in (q, k, v)]
         else:
             split = [_heads_first(t[rows], heads) for t in (q, k, v)]
-        out = self.perturb(*split, to[GRID])
+        first = to.get(IMAGE_FIRST, False)
+        out = self.perturb(*_image_last(split, n_image, first), grid)
         if out is None:
             return self.default(func, *args, **kwargs)
         if isinstance(out, tuple):
+            out = [_image_back(t, n_image, first) for t in out]
             return self.default(func, *_replaced((q, k, v), rows, out, skip_reshape), *args[3:], **kwargs)
+        out = _image_back(out, n_image, first)
         if kwargs.get("mask") is not None:
             raise NotImplementedError("GuideKit: this perturbation does not support attention masks (masked "
                                       "text conditioning); remove the mask or use SEG, which keeps the host's "
@@ -190,7 +217,7 @@ class DiTSelfAttention:
 
 
 class BlockLabel:
-    """A dit replace patch that only tells the attention override which MMDiT block is running."""
+    """A dit replace patch that only tells the attention override which block is running."""
 
     def __init__(self, layer: Layer, previous: Callable | None):
         self.layer, self.previous = layer, previous

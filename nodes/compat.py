@@ -9,7 +9,8 @@ after the tested ones takes whichever path its code offers.
 - Module trees for a second set of weights: ≥ 0.4 has a dynamic-VRAM ModelPatcher (NVIDIA default) that
   keeps host buffers on the model object; those are load state, never copied into a twin.
 - Model configs: ≥ 0.4 adds required fields to the DiT parameter dataclasses (Flux `txt_ids_dims`,
-  Chroma `vec_in_dim`); `complete_dit_config` fills them the way ComfyUI's own detection does.
+  Chroma `vec_in_dim`, HunyuanVideo `meanflow_sum`, Chroma Radiance `use_x0` / `use_sequential_txt_ids`);
+  `complete_dit_config` fills them the way ComfyUI's own detection does.
 """
 from __future__ import annotations
 
@@ -29,8 +30,16 @@ PATCHER_STATE = ("device", "model_loaded_weight_memory", "lowvram_patch_counter"
 
 # Fields later ComfyUI versions require in DiT parameter dataclasses, with the value ComfyUI's detection
 # gives a model that lacks the feature (Flux.1 and Chroma files have neither text position ids nor, for
-# Chroma, a pooled vector input).
-DIT_FIELD_DEFAULTS = {"txt_ids_dims": [], "vec_in_dim": None}
+# Chroma, a pooled vector input), or a function of the config where detection ties the value to the family:
+# Flux 2 puts the text position on its 4th rotary axis (what older hosts do for any 4-axis Flux), and
+# HunyuanVideo 1.5 (the one with a vision_in) sums the MeanFlow time embeddings instead of averaging them.
+DIT_FIELD_DEFAULTS = {
+    "txt_ids_dims": lambda config: [3] if config.get("image_model") == "flux2" else [],
+    "vec_in_dim": None,
+    "meanflow_sum": lambda config: config.get("vision_in_dim") is not None,
+    "use_x0": False,
+    "use_sequential_txt_ids": False,
+}
 
 
 @contextlib.contextmanager
@@ -88,7 +97,15 @@ def clone_onto(patcher, model: torch.nn.Module):
     return out
 
 
+def image_tokens_first(block) -> bool:
+    """Whether a Flux-style double block puts the image tokens before the text (HunyuanVideo on ComfyUI 0.3.x
+    builds its blocks with `flipped_img_txt`; later versions put the text first, as Flux does)."""
+    return bool(getattr(block, "flipped_img_txt", False))
+
+
 def complete_dit_config(params_class: type, config: dict) -> dict:
     """`config` plus the fields this ComfyUI's `params_class` dataclass requires and `config` lacks."""
     fields = {f.name for f in dataclasses.fields(params_class)}
-    return {**{k: v for k, v in DIT_FIELD_DEFAULTS.items() if k in fields and k not in config}, **config}
+    added = {k: v(config) if callable(v) else v for k, v in DIT_FIELD_DEFAULTS.items()
+             if k in fields and k not in config}
+    return {**added, **config}

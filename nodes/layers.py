@@ -1,7 +1,8 @@
 """Which self-attention layers a model has, how users name them, and the per-architecture presets.
 
 UNet layers are the keys ComfyUI looks attn1 patches up with: (place, block id, transformer index).
-DiT layers are (block type, index): Flux/Chroma "double"/"single" blocks, SD3 (MMDiT) "joint" blocks.
+DiT layers are (block type, index): Flux/Chroma "double"/"single" blocks, SD3 (MMDiT) "joint" blocks, and
+each family's blocks as its row in FAMILIES names them (a new family is a row: ARCHITECTURE.md).
 The syntax is a comma-separated list of `place[.ids[.indices]]`, each part a number or a range `a-b`,
 a missing part meaning "all": `middle`, `output.0-2`, `input.4.1`, `double.3, single.0-5`.
 """
@@ -9,9 +10,12 @@ from __future__ import annotations
 
 import re
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from comfy.ldm.modules.attention import SpatialTransformer
+
+from . import compat
 
 Layer = tuple   # ("input" | "middle" | "output", id, index) or ("double" | "single" | "joint", index)
 
@@ -20,13 +24,63 @@ PLACE_ALIASES = {"in": "input", "mid": "middle", "out": "output", "down": "input
 
 @dataclass(frozen=True)
 class Architecture:
-    """What the hooks need to know about one diffusion model's attention."""
-    family: str                 # "unet" | "flux" | "mmdit"
+    """What the hooks need to know about one diffusion model's attention (from its family's row)."""
+    family: str                 # the family's id: "unet", "flux", "mmdit", "wan", …
     model_type: str             # class name, for messages
     layers: tuple[Layer, ...]   # every self-attention layer, in forward order
-    patch_size: int             # latent pixels per token side (1 for UNet)
+    patch: tuple[int, int, int]  # latent (frames, height, width) per token ((1, 1, 1) for UNets)
     default_layers: str         # the paper's choice (UNet: mid block) or our documented DiT choice
     default_sag_layer: str
+    image_first: bool = False   # joint attention holds the image tokens before the text
+    dit_keys: tuple[tuple[str, str], ...] = ()   # place → patches_replace["dit"] key: GuideKit labels blocks
+
+    @property
+    def patch_size(self) -> int:
+        return self.patch[-1]
+
+
+@dataclass(frozen=True)
+class Family:
+    """One row of the model-family table: how GuideKit reaches a family's self-attention."""
+    id: str
+    name: str                                   # as users know it, for messages and docs
+    classes: tuple[str, ...]                    # ComfyUI diffusion-model classes along the MRO ("pkg.Class" to
+                                                # tell apart classes of one name: SD3's and AuraFlow's MMDiT)
+    stacks: tuple[tuple[str, str], ...] = ()    # (layer place, attribute holding its block list), forward order
+    dit_keys: tuple[tuple[str, str], ...] = ()  # place → dit replace key, when ComfyUI does not name the block
+    image: str | Callable[[object], str] = "last"   # image tokens in self-attention: "last", "first", "only"
+    patch: tuple[int, int, int] | None = None   # (frames, h, w) per token; None: the model's patch_size
+    time_embedder: str = ""                     # the module whose output is t_emb (what TSG noises)
+    accepts: Callable[[object], bool] = lambda dm: True
+
+
+FAMILIES: tuple[Family, ...] = (
+    Family("unet", "UNet (SD1.x, SD2.x, SDXL)", ("UNetModel",), time_embedder="time_embed"),
+    Family("flux", "Flux / Flux 2 / Chroma / Chroma Radiance", ("Flux", "Chroma"),
+           (("double", "double_blocks"), ("single", "single_blocks")), time_embedder="time_in",
+           accepts=lambda dm: not any(getattr(b, "flipped_img_txt", False) for b in dm.double_blocks)),
+    Family("mmdit", "SD3 / SD3.5 (MMDiT)", ("diffusionmodules.mmdit.MMDiT",), (("joint", "joint_blocks"),),
+           dit_keys=(("joint", "double_block"),), time_embedder="t_embedder"),
+    Family("wan", "Wan 2.1 / 2.2 (T2V, I2V)", ("WanModel",), (("block", "blocks"),),
+           dit_keys=(("block", "double_block"),), image="only", patch=(1, 2, 2), time_embedder="time_embedding"),
+    Family("qwen_image", "Qwen-Image", ("QwenImageTransformer2DModel",), (("double", "transformer_blocks"),),
+           patch=(1, 2, 2), time_embedder="time_text_embed"),
+    Family("hunyuan_video", "HunyuanVideo / 1.5, HunyuanImage 2.1", ("HunyuanVideo",),
+           (("double", "double_blocks"), ("single", "single_blocks")),
+           image=lambda dm: "first" if compat.image_tokens_first(dm.double_blocks[0]) else "last",
+           time_embedder="time_in"),
+    Family("mochi", "Mochi", ("AsymmDiTJoint",), (("block", "blocks"),), dit_keys=(("block", "double_block"),),
+           image="first", patch=(1, 2, 2), time_embedder="t_embedder"),
+    Family("ltxv", "LTX-Video", ("LTXVModel",), (("block", "transformer_blocks"),),
+           dit_keys=(("block", "double_block"),), image="only", patch=(1, 1, 1)),     # t_emb is a (mod, emb) pair
+    Family("aura_flow", "AuraFlow", ("aura.mmdit.MMDiT",), (("double", "double_layers"), ("single", "single_layers")),
+           dit_keys=(("double", "double_block"), ("single", "single_block")), patch=(1, 2, 2),
+           time_embedder="t_embedder"),
+)
+UNREACHABLE = {   # families whose blocks ComfyUI neither names to the attention call nor lets a patch wrap
+    "NextDiT": "Lumina 2 / Z-Image", "HiDreamImageTransformer2DModel": "HiDream",
+    "OmniGen2Transformer2DModel": "OmniGen2", "MiniTrainDIT": "Cosmos Predict2",
+}
 
 
 def unet_self_attention(diffusion_model) -> list[Layer]:
@@ -51,31 +105,43 @@ def architecture(model, node: str) -> Architecture:
     return architecture_of(model.get_model_object("diffusion_model"), node)
 
 
+def family_of(dm) -> Family | None:
+    """The table's row for a diffusion model module (also one built on the meta device), or None."""
+    names = {name for cls in type(dm).__mro__ for name in (cls.__name__, f"{cls.__module__}.{cls.__name__}")}
+
+    def matches(family: Family) -> bool:
+        return any(c in names or any(n.endswith("." + c) for n in names) for c in family.classes)
+    return next((f for f in FAMILIES if matches(f) and f.accepts(dm)), None)
+
+
 def architecture_of(dm, node: str) -> Architecture:
     """Describe a diffusion model module (also one built on the meta device, for the layer picker)."""
-    from comfy.ldm.chroma.model import Chroma
-    from comfy.ldm.flux.model import Flux
-    from comfy.ldm.modules.diffusionmodules.mmdit import MMDiT
-    from comfy.ldm.modules.diffusionmodules.openaimodel import UNetModel
-
+    family = family_of(dm)
     name = type(dm).__name__
-    if isinstance(dm, UNetModel):
+    if family is not None and family.id == "unet":
         layers = unet_self_attention(dm)
         if layers:
-            return Architecture("unet", name, tuple(layers), 1, "middle", "middle.0.0")
-    elif isinstance(dm, (Flux, Chroma)) and not any(getattr(b, "flipped_img_txt", False) for b in dm.double_blocks):
-        n_double, n_single = len(dm.double_blocks), len(dm.single_blocks)
-        layers = [("double", i) for i in range(n_double)] + [("single", i) for i in range(n_single)]
-        middle = layers[len(layers) // 2]
-        return Architecture("flux", name, tuple(layers), dm.patch_size, format_layers([middle]),
-                            format_layers([middle]))
-    elif isinstance(dm, MMDiT):
-        layers = [("joint", i) for i in range(len(dm.joint_blocks))]
-        middle = layers[len(layers) // 2]
-        patch = dm.patch_size if isinstance(dm.patch_size, int) else dm.patch_size[0]
-        return Architecture("mmdit", name, tuple(layers), patch, format_layers([middle]), format_layers([middle]))
-    raise ValueError(f"{node}: this model ({name}) has no self-attention GuideKit can reach. Supported: "
-                     "UNet models (SD1.x, SD2.x, SDXL), Flux and Chroma, SD3 / SD3.5 (MMDiT).")
+            return Architecture("unet", name, tuple(layers), (1, 1, 1), "middle", "middle.0.0")
+    elif family is not None:
+        layers = [(place, i) for place, attr in family.stacks for i in range(len(getattr(dm, attr)))]
+        middle = format_layers([layers[len(layers) // 2]])
+        image = family.image(dm) if callable(family.image) else family.image
+        return Architecture(family.id, name, tuple(layers), family.patch or _patch(dm), middle, middle,
+                            image == "first", family.dit_keys)
+    supported = ", ".join(f.name for f in FAMILIES)
+    why = (f" ({UNREACHABLE[name]}: ComfyUI neither names its blocks to the attention call nor lets a patch wrap "
+           "them, so a layer cannot be told apart)" if name in UNREACHABLE else "")
+    raise ValueError(f"{node}: this model ({name}) has no self-attention GuideKit can reach{why}. "
+                     f"Supported: {supported}.")
+
+
+def _patch(dm) -> tuple[int, int, int]:
+    """(frames, h, w) per token from the model's own patch_size (an int, or a 2- or 3-tuple)."""
+    size = dm.patch_size
+    if isinstance(size, int):
+        return 1, size, size
+    size = tuple(size)
+    return (1, *size) if len(size) == 2 else size
 
 
 _ITEM = re.compile(r"^([a-z]+)(?:\.(\d+)(?:-(\d+))?)?(?:\.(\d+)(?:-(\d+))?)?$")

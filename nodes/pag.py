@@ -13,7 +13,7 @@ NODE = "GuideKit PAG"
 
 def identity_perturbation(q, k, v, grid):
     """Image→image attention map := I (text attention, if any, kept): PSA(Q, K, V) = V (PAG eq. 6)."""
-    return joint_identity_attention(q, k, v, grid[0] * grid[1])
+    return joint_identity_attention(q, k, v, grid[0] * grid[1] * grid[2])
 
 
 class PerturbedAttentionGuidanceGK(GuideKitNode):
@@ -26,7 +26,8 @@ class PerturbedAttentionGuidanceGK(GuideKitNode):
         return io.Schema(
             node_id="GuideKitPAG", display_name=NODE, category=CATEGORY,
             description="Perturbed-Attention Guidance: guide away from a pass whose chosen self-attention maps "
-                        "are replaced by the identity. UNet (SD1.x/SDXL) and DiT (SD3, Flux, Chroma) models.",
+                        "are replaced by the identity. UNets (SD1.x/SDXL) and DiTs: SD3, Flux, Flux 2, Chroma, Wan, "
+                        "Qwen-Image, HunyuanVideo, LTX-Video, Mochi, AuraFlow.",
             inputs=[
                 io.Model.Input("model",
                                tooltip="The model to guide (a patched copy is returned; this one is unchanged)."),

@@ -31,7 +31,7 @@ class BlurredAttendedRegion(registrar.Negative):
     def record(self, model_options: dict, x: torch.Tensor, row: int) -> dict:
         """model_options whose hook keeps the key saliency of `row` and changes nothing."""
         def perturbation(q, k, v, grid):
-            self._records.append((x, key_saliency(q, k, grid[0] * grid[1]), grid))
+            self._records.append((x, key_saliency(q, k, grid[0] * grid[1] * grid[2]), grid))
             return None
         return install(model_options, self.arch, [self.layer], self.token, perturbation, [row],
                        image_grid(self.arch, x.shape))
@@ -52,9 +52,10 @@ class BlurredAttendedRegion(registrar.Negative):
             x0 = registrar.denoise(args, branch_cond, self.record(args["model_options"], x, 0))
             records = [r for r in self._records if r[0] is x]
             self._records.clear()
-        _, saliency, (h, w) = records[-1]
+        _, saliency, (frames, h, w) = records[-1]
         # ADM attention_masking: blur x0 where attention concentrates, re-noise with the model's own noise.
-        degraded = degrade(x0, saliency_mask(saliency.to(x0.dtype), h, w, self.threshold), self.blur_sigma)
+        mask = saliency_mask(saliency.to(x0.dtype), h, w, self.threshold, frames)
+        degraded = degrade(x0, mask, self.blur_sigma)
         signal = model.model_sampling.noise_scaling(sigma, torch.zeros_like(x), torch.ones_like(x))  # x = s·x0 + σ·ε
         x_degraded = x + signal * (degraded - x0)
         # SAG eq. 25 in D-space: + s·(x̄0 − D(x̄_t)), the uncond prediction's degraded-input counterpart.

@@ -11,10 +11,12 @@ from .common import CATEGORY, LAYERS_TOOLTIP, REPLACE_UNCOND_COST, branch_inputs
 NODE = "GuideKit SEG"
 
 
-def blurred_queries(sigma: float):
-    """Blur the image queries over their 2D grid, any aspect ratio: (G * Q)Kᵀ = G * (QKᵀ) (SEG Prop. 3.1)."""
+def blurred_queries(sigma: float, temporal_sigma: float = 0.0):
+    """Blur the image queries over their 2D grid, any aspect ratio: (G * Q)Kᵀ = G * (QKᵀ) (SEG Prop. 3.1);
+    video frames one by one, and along time too when `temporal_sigma` is set (-1: over the whole clip)."""
     def perturbation(q, k, v, grid):
-        return blur_image_queries(q, grid[0], grid[1], sigma), k, v
+        frames, height, width = grid
+        return blur_image_queries(q, height, width, sigma, frames, temporal_sigma), k, v
     return perturbation
 
 
@@ -42,12 +44,16 @@ class SmoothedEnergyGuidanceGK(GuideKitNode):
                 *range_inputs(),
                 *branch_inputs(),
                 *sigma_override_inputs(),
+                io.Float.Input("temporal_blur_sigma", default=0.0, min=-1.0, max=10000.0, step=0.01, optional=True,
+                               tooltip="Video models: also blur the queries along time, σ in latent frames; 0 = "
+                                       "each frame on its own (default), -1 = infinite (the clip's mean)."),
             ],
             outputs=[io.Model.Output(tooltip="A patched copy of the model; the input model is unchanged.")],
         )
 
     @classmethod
     def execute(cls, model, scale, blur_sigma, layers, start_percent, end_percent, rescale, mode, evaluation,
-                sigma_start=-1.0, sigma_end=-1.0) -> io.NodeOutput:
-        return io.NodeOutput(patch_with_branch(model, NODE, blurred_queries(blur_sigma), scale, layers, start_percent,
-                                   end_percent, rescale, mode, evaluation, sigma_start, sigma_end))
+                sigma_start=-1.0, sigma_end=-1.0, temporal_blur_sigma=0.0) -> io.NodeOutput:
+        perturbation = blurred_queries(blur_sigma, temporal_blur_sigma)
+        return io.NodeOutput(patch_with_branch(model, NODE, perturbation, scale, layers, start_percent, end_percent,
+                                               rescale, mode, evaluation, sigma_start, sigma_end))

@@ -9,22 +9,25 @@ from ..guidance.tsg import perturbed_time_embedding
 from . import registrar
 from .base import GuideKitNode
 from .common import range_inputs, sigma_override_inputs
+from .layers import FAMILIES, family_of
 
 NODE = "GuideKit TSG"
 CATEGORY = "GuideKit/condition"
 MARK = "guidekit_tsg"
-EMBEDDERS = {"UNetModel": "time_embed", "Flux": "time_in", "MMDiT": "t_embedder"}   # the t_emb module
 
 
 def time_embedder(model, node: str = NODE) -> str:
-    """The attribute of the diffusion model whose output is t_emb, or a clear error."""
+    """The attribute of the diffusion model whose output is t_emb (its family's row), or a clear error."""
     dm = model.get_model_object("diffusion_model")
-    for cls in type(dm).__mro__:
-        name = EMBEDDERS.get(cls.__name__)
-        if name and isinstance(getattr(dm, name, None), torch.nn.Module):
-            return name
+    family = family_of(dm)
+    name = family.time_embedder if family is not None else ""
+    if name and isinstance(getattr(dm, name, None), torch.nn.Module):
+        return name
+    reachable = ", ".join(f.name for f in FAMILIES if f.time_embedder)
+    why = (f" (its {family.name} model has no '{name}' module: Chroma models feed time through their modulation "
+           "network)" if name else "") if family is not None else ""
     raise ValueError(f"{node}: input 'model' is a {type(dm).__name__}, whose time embedding GuideKit cannot "
-                     f"reach; TSG supports {', '.join(EMBEDDERS)} (SD1.x/SDXL, Flux, SD3)")
+                     f"reach{why}; TSG supports {reachable} (Chroma excepted), not LTX-Video")
 
 
 class TimeEmbeddingNoise:

@@ -52,3 +52,19 @@ class RowCounter:
         m = model.clone()
         m.set_model_unet_function_wrapper(self)
         return m
+
+
+def changed(a, b, at_least):
+    return (a - b).abs().max().item() > at_least
+
+
+def assert_same_guidance(ours, reference, unguided, rel=1e-2):
+    """ours = reference up to 1 % of the guidance effect (reference − unguided), which must be real.
+
+    Batched and separate calls, or a row in batches of different sizes, differ by float rounding that
+    sampling amplifies; measured against the effect the comparison can neither pass vacuously nor flake.
+    """
+    effect = (reference - unguided).abs().max().item()
+    error = (ours - reference).abs().max().item()
+    assert effect > 1e-3, f"the guidance changed nothing (max |Δ| = {effect:.2e}): the comparison is vacuous"
+    assert error <= rel * effect, f"max |ours − reference| = {error:.3e} > {rel:.0%} of the effect {effect:.3e}"

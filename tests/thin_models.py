@@ -4,6 +4,14 @@ Each architecture keeps its real block structure (UNet: attention in input, midd
 DiT: double and single / joint blocks) at tiny widths, so hooks meet the same modules as on full
 models. ComfyUI builds models with weight init disabled, so `init_weights` seeds every parameter.
 
+`FAMILIES` adds the other DiT families (Wan, Qwen-Image, Lumina 2 / Z-Image, Flux 2, HunyuanVideo / 1.5 /
+HunyuanImage 2.1, HiDream, Cosmos Predict2, LTX-Video, Mochi, OmniGen2, AuraFlow, Chroma Radiance): video
+families sample 5-D latents (`latent_shape`, `frames`), and `conditioning` carries every key a family's
+model_base reads (pooled vectors, masks, I2V frame, ByT5 / Llama / CLIP-vision states). A family whose
+config class a ComfyUI lacks keeps its row with `config_class` None (`missing` names the class). At the
+default init scale the text barely moves some families' output (AuraFlow, Flux 2, HunyuanVideo 1.5,
+HunyuanImage 2.1); std 0.1 makes every family's conditioning visible.
+
 Also a command line: `python tests/thin_models.py checkpoint OUT.safetensors` writes a checkpoint that
 ComfyUI's CheckpointLoaderSimple detects as SD1.5 (model_channels 320, context_dim 768) with CLIP-L
 and VAE weights, the pack's embedded default model until a trained one replaces it.
@@ -35,11 +43,17 @@ UNET_COMMON = {"use_checkpoint": False, "image_size": 32, "use_spatial_transform
 class ThinSpec:
     """One thin architecture: the ComfyUI model config class, its unet/dit config, its conditioning."""
     name: str
-    config_class: type
+    config_class: type | None   # None when this ComfyUI lacks the class (see `requires`)
     unet_config: dict
     context_dim: int
     pooled_dim: int | None      # pooled text vector (SDXL adm, SD3 y, Flux vec); None when unused
     latent_channels: int
+    video: bool = False         # a video model: 5-D latents (B, C, T, H, W) with T = `frames` >= 2
+    frames: int | None = None   # latent frames: None for 4-D latents; 1 for image models whose latent
+    #                             format is 3-D (KSampler samples them as (B, C, 1, H, W))
+    model_class: str = ""       # class name of the diffusion model ComfyUI builds for the family
+    requires: str = ""          # the comfy.supported_models class the family needs (empty: every host has it)
+    blocks: tuple[str, ...] = ()    # the diffusion model's ModuleLists of transformer blocks (2 each)
 
 
 SPECS: dict[str, ThinSpec] = {
@@ -77,13 +91,169 @@ SPECS: dict[str, ThinSpec] = {
 }
 
 
+# ---------------------------------------------------------------------------------------------------
+# DiT families: ComfyUI's config class (by name: a host without it skips the family), the unet_config keys
+# its model_detection.py gives a real checkpoint, at hidden 64 / 2 heads (head dim 32, rotary axes summing
+# to 32) / 2 blocks of each kind / text width 32. Values not tied to the width are the detected ones.
+
+F32 = {"dtype": torch.float32}
+TEXT = 32                   # text context width of the DiT families
+CLIP_VISION_WAN = 1280      # Wan I2V's img_emb takes CLIP-H penultimate states of this width (fixed in WanModel)
+BYT5 = 1472                 # HunyuanImage 2.1 / Video 1.5 ByT5 mapper input width (fixed in the model)
+VISION_HV15 = 32            # HunyuanVideo 1.5 vision_in width (SigLIP 1152 on the real model)
+LLAMA_HIDREAM = 24          # HiDream's Llama-3 hidden-state width (4096 on the real model)
+LLAMA_LAYERS_HIDREAM = 4    # Llama layers in HiDream's conditioning_llama3 (32 real), one per block here
+
+
+def _family(name: str, class_name: str, unet_config: dict, latent_channels: int, model_class: str,
+            blocks: tuple[str, ...], *, context_dim: int = TEXT, pooled_dim: int | None = None, video: bool = False,
+            frames: int | None = None) -> ThinSpec:
+    return ThinSpec(name, getattr(comfy.supported_models, class_name, None), {**unet_config, **F32}, context_dim,
+                    pooled_dim, latent_channels, video, 2 if video else frames, model_class, class_name, blocks)
+
+
+WAN = {"image_model": "wan2.1", "model_type": "t2v", "patch_size": (1, 2, 2), "in_dim": 16, "out_dim": 16,
+       "dim": 64, "ffn_dim": 128, "freq_dim": 256, "text_dim": TEXT, "num_heads": 2, "num_layers": 2,
+       "window_size": (-1, -1), "qk_norm": True, "cross_attn_norm": True, "eps": 1e-6}
+HUNYUAN = {"image_model": "hunyuan_video", "in_channels": 16, "out_channels": 16, "vec_in_dim": None,
+           "context_in_dim": TEXT, "hidden_size": 64, "mlp_ratio": 4.0, "num_heads": 2, "depth": 2,
+           "depth_single_blocks": 2, "axes_dim": [8, 12, 12], "theta": 256, "patch_size": [1, 2, 2],
+           "qkv_bias": True, "guidance_embed": False, "byt5": False, "meanflow": False,
+           "use_cond_type_embedding": False, "vision_in_dim": None}
+LUMINA = {"image_model": "lumina2", "patch_size": 2, "in_channels": 16, "dim": 64, "cap_feat_dim": TEXT,
+          "n_layers": 2, "n_refiner_layers": 2, "n_heads": 2, "n_kv_heads": 1, "multiple_of": 16,
+          "ffn_dim_multiplier": 4.0, "norm_eps": 1e-5, "qk_norm": True, "axes_dims": [8, 12, 12],
+          "axes_lens": [300, 512, 512], "rope_theta": 10000.0}
+
+LUMINA_BLOCKS = ("context_refiner", "noise_refiner", "layers")
+FLUX_BLOCKS = ("double_blocks", "single_blocks")
+
+FAMILY_SPECS: dict[str, ThinSpec] = {
+    # Wan 2.1 T2V: WanAttentionBlocks (self-attention over video tokens, cross-attention to the text).
+    "wan21_t2v": _family("wan21_t2v", "WAN21_T2V", WAN, 16, "WanModel", ("blocks",), video=True),
+    # Wan 2.1 I2V: the first frame as concat latent + mask (in_dim 16 + 4 + 16), CLIP-vision tokens in front
+    # of the text for the I2V cross-attention (k_img / v_img).
+    "wan21_i2v": _family("wan21_i2v", "WAN21_I2V", {**WAN, "model_type": "i2v", "in_dim": 36}, 16, "WanModel",
+                         ("blocks",), video=True),
+    # Wan 2.2 TI2V 5B: 48-channel latents (Wan 2.2 VAE), same blocks.
+    "wan22_t2v": _family("wan22_t2v", "WAN22_T2V", {**WAN, "in_dim": 48, "out_dim": 48}, 48, "WanModel",
+                         ("blocks",), video=True),
+    # Qwen-Image: MMDiT-style dual-stream blocks with one joint attention; 16-channel latents packed 2x2
+    # into 64 input features; the Wan 2.1 latent format, so KSampler samples (B, 16, 1, H, W).
+    "qwen_image": _family("qwen_image", "QwenImage", {
+        "image_model": "qwen_image", "patch_size": 2, "in_channels": 64, "out_channels": 16, "num_layers": 2,
+        "attention_head_dim": 32, "num_attention_heads": 2, "joint_attention_dim": TEXT,
+        "pooled_projection_dim": TEXT, "axes_dims_rope": (8, 12, 12)}, 16, "QwenImageTransformer2DModel",
+        ("transformer_blocks",), frames=1),
+    # Lumina 2 (NextDiT): context_refiner (text only), noise_refiner (image only), joint main layers; GQA.
+    "lumina2": _family("lumina2", "Lumina2", LUMINA, 16, "NextDiT", LUMINA_BLOCKS),
+    # Z-Image: NextDiT with Z-Image modulation, time scale 1000, pad tokens to a multiple of 32. Its adaLN
+    # input is min(dim, 256) wide while the time embedder always gives 256, so dim is 256 (2 heads of 128,
+    # the real rotary axes).
+    "zimage": _family("zimage", "ZImage", {
+        **LUMINA, "dim": 256, "n_kv_heads": 2, "ffn_dim_multiplier": 8.0 / 3.0, "axes_dims": [32, 48, 48],
+        "axes_lens": [1536, 512, 512], "rope_theta": 256.0, "z_image_modulation": True, "time_scale": 1000.0,
+        "pad_tokens_multiple": 32}, 16, "NextDiT", LUMINA_BLOCKS),
+    # Flux 2: Flux blocks with global modulation, 4 rotary axes (text position on the 4th), patch 1 over
+    # 128-channel latents; ComfyUI pads the text to 512 tokens.
+    "flux2": _family("flux2", "Flux2", {
+        "image_model": "flux2", "in_channels": 128, "out_channels": 128, "vec_in_dim": None,
+        "context_in_dim": TEXT, "hidden_size": 64, "mlp_ratio": 3.0, "num_heads": 2, "depth": 2,
+        "depth_single_blocks": 2, "axes_dim": [8, 8, 8, 8], "theta": 2000, "patch_size": 1, "qkv_bias": False,
+        "guidance_embed": True, "global_modulation": True, "mlp_silu_act": True, "ops_bias": False,
+        "default_ref_method": "index", "ref_index_scale": 10.0}, 128, "Flux", FLUX_BLOCKS),
+    # HunyuanVideo: token refiner, double blocks (img, txt streams) and single blocks, pooled CLIP vector,
+    # guidance embedding.
+    "hunyuan_video": _family("hunyuan_video", "HunyuanVideo", {
+        **HUNYUAN, "vec_in_dim": TEXT, "guidance_embed": True}, 16, "HunyuanVideo", FLUX_BLOCKS,
+        pooled_dim=TEXT, video=True),
+    # HunyuanVideo 1.5: patch 1, 32-channel latents + 32 image + 1 mask input channels, ByT5 glyph tokens and
+    # condition-type embeddings, vision_in for SigLIP tokens.
+    "hunyuan_video15": _family("hunyuan_video15", "HunyuanVideo15", {
+        **HUNYUAN, "in_channels": 65, "out_channels": 32, "patch_size": [1, 1, 1], "byt5": True,
+        "use_cond_type_embedding": True, "vision_in_dim": VISION_HV15}, 32, "HunyuanVideo", FLUX_BLOCKS,
+        video=True),
+    # HunyuanImage 2.1: the HunyuanVideo blocks on 2-D 64-channel latents (2 rotary axes), ByT5 tokens.
+    "hunyuan_image21": _family("hunyuan_image21", "HunyuanImage21", {
+        **HUNYUAN, "in_channels": 64, "out_channels": 64, "patch_size": [1, 1], "axes_dim": [16, 16],
+        "byt5": True}, 64, "HunyuanVideo", FLUX_BLOCKS),
+    # HiDream-I1: double-stream then single-stream blocks with MoE feed-forwards; T5 + per-block Llama states.
+    "hidream": _family("hidream", "HiDream", {
+        "image_model": "hidream", "patch_size": 2, "in_channels": 16, "out_channels": 16, "num_layers": 2,
+        "num_single_layers": 2, "attention_head_dim": 32, "num_attention_heads": 2,
+        "caption_channels": [TEXT, LLAMA_HIDREAM], "text_emb_dim": TEXT, "num_routed_experts": 4,
+        "num_activated_experts": 2, "axes_dims_rope": [16, 8, 8], "max_resolution": [128, 128],
+        "llama_layers": list(range(LLAMA_LAYERS_HIDREAM))}, 16, "HiDreamImageTransformer2DModel",
+        ("double_stream_blocks", "single_stream_blocks"), pooled_dim=TEXT),
+    # Cosmos Predict2 (text to image): self-, cross-attention and MLP per block, AdaLN-LoRA, 3-D RoPE;
+    # the Wan 2.1 latent format, so KSampler samples (B, 16, 1, H, W).
+    "cosmos_predict2": _family("cosmos_predict2", "CosmosT2IPredict2", {
+        "image_model": "cosmos_predict2", "max_img_h": 240, "max_img_w": 240, "max_frames": 128,
+        "in_channels": 16, "out_channels": 16, "patch_spatial": 2, "patch_temporal": 1, "model_channels": 64,
+        "concat_padding_mask": True, "crossattn_emb_channels": TEXT, "pos_emb_cls": "rope3d",
+        "pos_emb_learnable": True, "pos_emb_interpolation": "crop", "min_fps": 1, "max_fps": 30,
+        "use_adaln_lora": True, "adaln_lora_dim": 16, "num_blocks": 2, "num_heads": 2,
+        "extra_per_block_abs_pos_emb": False, "rope_h_extrapolation_ratio": 4.0,
+        "rope_w_extrapolation_ratio": 4.0, "rope_t_extrapolation_ratio": 1.0, "extra_h_extrapolation_ratio": 1.0,
+        "extra_w_extrapolation_ratio": 1.0, "extra_t_extrapolation_ratio": 1.0,
+        "rope_enable_fps_modulation": False}, 16, "MiniTrainDIT", ("blocks",), frames=1),
+    # LTX-Video: transformer blocks with self-attention (attn1) and text cross-attention (attn2); patch 1.
+    "ltxv": _family("ltxv", "LTXV", {
+        "image_model": "ltxv", "in_channels": 128, "cross_attention_dim": 64, "attention_head_dim": 32,
+        "num_attention_heads": 2, "caption_channels": TEXT, "num_layers": 2}, 128, "LTXVModel",
+        ("transformer_blocks",), video=True),
+    # Mochi: asymmetric joint blocks (video stream 64 wide, text stream 32 wide), T5 attention pooling. The
+    # block asserts a video MLP width of 1536 * 8, hence mlp_ratio_x 192 at width 64.
+    "mochi": _family("mochi", "GenmoMochi", {
+        "image_model": "mochi_preview", "depth": 2, "patch_size": 2, "num_heads": 2, "hidden_size_x": 64,
+        "hidden_size_y": 32, "mlp_ratio_x": 1536 * 8 / 64, "mlp_ratio_y": 4.0, "learn_sigma": False,
+        "in_channels": 12, "qk_norm": True, "qkv_bias": False, "out_bias": True, "attn_drop": 0.0,
+        "patch_embed_bias": True, "posenc_preserve_area": True, "timestep_mlp_bias": True,
+        "attend_to_padding": False, "timestep_scale": 1000.0, "use_t5": True, "t5_feat_dim": TEXT,
+        "t5_token_length": 256, "rope_theta": 10000.0}, 12, "AsymmDiTJoint", ("blocks",), video=True),
+    # OmniGen2: Lumina-style refiners (context, noise, reference image) and joint layers; GQA.
+    "omnigen2": _family("omnigen2", "Omnigen2", {
+        "image_model": "omnigen2", "axes_dim_rope": [8, 12, 12], "axes_lens": [1024, 1664, 1664],
+        "ffn_dim_multiplier": None, "hidden_size": 64, "in_channels": 16, "multiple_of": 16, "norm_eps": 1e-5,
+        "num_attention_heads": 2, "num_kv_heads": 1, "num_layers": 2, "num_refiner_layers": 2,
+        "out_channels": None, "patch_size": 2, "text_feat_dim": TEXT, "timestep_scale": 1000.0}, 16,
+        "OmniGen2Transformer2DModel", ("context_refiner", "noise_refiner", "ref_image_refiner", "layers")),
+    # AuraFlow: MMDiT double layers then single layers, register tokens, learned positions; SDXL latents.
+    "aura_flow": _family("aura_flow", "AuraFlow", {
+        "in_channels": 4, "out_channels": 4, "patch_size": 2, "dim": 64, "n_layers": 4, "n_double_layers": 2,
+        "n_heads": 2, "global_conddim": 64, "cond_seq_dim": TEXT, "max_seq": 256}, 4, "MMDiT",
+        ("double_layers", "single_layers")),
+    # Chroma Radiance: Chroma's blocks on pixels (3 channels) with the NeRF patch decoder; patch 2 here
+    # (16 on the real model) so a 16x16 input still makes an 8x8 token grid.
+    "chroma_radiance": _family("chroma_radiance", "ChromaRadiance", {
+        "image_model": "chroma_radiance", "in_channels": 3, "out_channels": 3, "context_in_dim": TEXT,
+        "hidden_size": 64, "mlp_ratio": 4.0, "num_heads": 2, "depth": 2, "depth_single_blocks": 2,
+        "axes_dim": [8, 12, 12], "theta": 10000, "patch_size": 2, "qkv_bias": True, "in_dim": 64, "out_dim": 64,
+        "hidden_dim": 64, "n_layers": 1, "nerf_hidden_size": 16, "nerf_mlp_ratio": 4, "nerf_depth": 2,
+        "nerf_max_freqs": 8, "nerf_tile_size": 512, "nerf_final_head_type": "conv",
+        "nerf_embedder_dtype": torch.float32}, 3, "ChromaRadiance", (*FLUX_BLOCKS, "nerf_blocks")),
+}
+FAMILIES = tuple(FAMILY_SPECS)
+SPECS.update(FAMILY_SPECS)
+
+
+def missing(arch: str) -> str | None:
+    """The ComfyUI config class `arch` needs and this host lacks (None when it has it)."""
+    spec = SPECS[arch]
+    return spec.requires if spec.config_class is None else None
+
+
 def init_weights(module: torch.nn.Module, seed: int, std: float = 0.02) -> torch.nn.Module:
     """Seeded init: matrices/kernels ~ N(0, std), norm scales 1, biases 0 (ComfyUI leaves them empty).
 
     Floating buffers too (MMDiT's pos_embed is torch.empty until a checkpoint fills it): left alone
-    they hold whatever memory the allocator hands back, and sampling turns NaN after other tests.
+    they hold whatever memory the allocator hands back, and sampling turns NaN after other tests. Only
+    persistent ones, though: a checkpoint never fills non-persistent buffers, so the module computes them
+    (Cosmos' rotary frequency ranges).
     """
     gen = torch.Generator().manual_seed(seed)
+    computed = {f"{owner}.{name}" if owner else name for owner, m in module.named_modules()
+                for name in m._non_persistent_buffers_set}
     with torch.no_grad():
         for name, p in module.named_parameters():
             if p.ndim >= 2:
@@ -92,8 +262,8 @@ def init_weights(module: torch.nn.Module, seed: int, std: float = 0.02) -> torch
                 p.zero_()
             else:
                 p.fill_(1.0)
-        for b in module.buffers():
-            if b.is_floating_point():
+        for name, b in module.named_buffers():
+            if b.is_floating_point() and name not in computed:
                 b.copy_(torch.randn(b.shape, generator=gen) * std)
     return module
 
@@ -101,7 +271,10 @@ def init_weights(module: torch.nn.Module, seed: int, std: float = 0.02) -> torch
 def host_config(config_class: type, unet_config: dict) -> dict:
     """`unet_config` with the fields this ComfyUI's DiT parameter class also requires (GuideKit's compat module)."""
     from guidekit.nodes.compat import complete_dit_config
-    params = {"flux": "comfy.ldm.flux.model.FluxParams", "chroma": "comfy.ldm.chroma.model.ChromaParams"}
+    params = {"flux": "comfy.ldm.flux.model.FluxParams", "flux2": "comfy.ldm.flux.model.FluxParams",
+              "chroma": "comfy.ldm.chroma.model.ChromaParams",
+              "chroma_radiance": "comfy.ldm.chroma_radiance.model.ChromaRadianceParams",
+              "hunyuan_video": "comfy.ldm.hunyuan_video.model.HunyuanVideoParams"}
     name = params.get(unet_config.get("image_model", ""))
     if name is None:
         return dict(unet_config)
@@ -127,13 +300,63 @@ def build(arch: str, seed: int = 0, std: float = 0.02) -> "comfy.model_patcher.M
     A larger `std` sharpens attention (bigger logits), so attention perturbations change more.
     """
     spec = SPECS[arch]
+    if spec.config_class is None:
+        raise LookupError(f"this ComfyUI has no comfy.supported_models.{spec.requires} ({arch})")
     return seeded_patcher(spec.config_class, spec.unet_config, seed, std)
 
 
-def conditioning(arch: str, batch: int = 1, tokens: int = 8, seed: int = 0) -> list:
-    """A ComfyUI CONDITIONING list with seeded embeddings of the width `arch` expects."""
+def latent_shape(arch: str, batch: int = 1, height: int = 16, width: int = 16,
+                 frames: int | None = None) -> tuple[int, ...]:
+    """The latent KSampler samples for `arch`: (B, C, H, W), or (B, C, T, H, W) for 5-D latent formats
+    (video families, T = `frames` or the spec's default >= 2; 3-D-format image models with T = 1)."""
+    spec = SPECS[arch]
+    if spec.frames is None:
+        return (batch, spec.latent_channels, height, width)
+    return (batch, spec.latent_channels, frames or spec.frames, height, width)
+
+
+def _clip_vision_output(**states):
+    """A CLIP-vision output as ComfyUI's CLIPVisionEncode returns it (only the states a model reads)."""
+    import comfy.clip_vision
+    out = comfy.clip_vision.Output()
+    for key, value in states.items():
+        out[key] = value
+    return out
+
+
+def _family_conds(arch: str, gen: torch.Generator, batch: int, tokens: int, shape: tuple[int, ...]) -> dict:
+    """The keys (beyond the text context) that `arch`'s model_base.extra_conds reads, seeded."""
+    def rand(*size):
+        return torch.randn(*size, generator=gen)
+    spec = SPECS[arch]
+    # ComfyUI's text encoders always set pooled_output (None where the model has no pooled input), and several
+    # model_bases (Flux, HunyuanVideo, HiDream) read it as kwargs["pooled_output"].
+    extra = {"pooled_output": rand(batch, spec.pooled_dim) if spec.pooled_dim is not None else None}
+    if arch == "wan21_i2v":           # WanImageToVideo: first frame encoded, mask 0 where the frame is given
+        image = torch.zeros(shape[:1] + (16,) + shape[2:])
+        image[:, :, :1] = rand(batch, 16, 1, *shape[3:])
+        mask = torch.ones(batch, 1, *shape[2:])
+        mask[:, :, :1] = 0.0
+        extra.update(concat_latent_image=image, concat_mask=mask,
+                     clip_vision_output=_clip_vision_output(penultimate_hidden_states=rand(batch, 4, CLIP_VISION_WAN)))
+    elif arch in ("hunyuan_video15", "hunyuan_image21"):   # ByT5 glyph tokens from the text encoder
+        extra["conditioning_byt5small"] = rand(batch, 4, BYT5)
+    elif arch == "hidream":           # Llama-3 hidden states of every layer, one picked per block
+        extra["conditioning_llama3"] = rand(batch, LLAMA_LAYERS_HIDREAM, tokens, LLAMA_HIDREAM)
+    elif arch in ("mochi", "ltxv", "omnigen2"):   # their forwards require the text attention mask (num_tokens)
+        extra["attention_mask"] = torch.ones(batch, tokens, dtype=torch.long)   # as the T5 encoders give it
+    return extra
+
+
+def conditioning(arch: str, batch: int = 1, tokens: int = 8, seed: int = 0, height: int = 16, width: int = 16,
+                 frames: int | None = None) -> list:
+    """A ComfyUI CONDITIONING list with seeded embeddings of the width `arch` expects (and, for the DiT
+    families, every other key its model_base.extra_conds reads; `height`/`width`/`frames` size image inputs)."""
     spec = SPECS[arch]
     gen = torch.Generator().manual_seed(seed)
+    if arch in FAMILY_SPECS:
+        context = torch.randn(batch, tokens, spec.context_dim, generator=gen)
+        return [[context, _family_conds(arch, gen, batch, tokens, latent_shape(arch, batch, height, width, frames))]]
     extra = {}
     if spec.pooled_dim is not None:
         extra["pooled_output"] = torch.randn(batch, spec.pooled_dim, generator=gen)
@@ -142,17 +365,15 @@ def conditioning(arch: str, batch: int = 1, tokens: int = 8, seed: int = 0) -> l
     return [[torch.randn(batch, tokens, spec.context_dim, generator=gen), extra]]
 
 
-def latent_shape(arch: str, batch: int = 1, height: int = 16, width: int = 16) -> tuple[int, ...]:
-    return (batch, SPECS[arch].latent_channels, height, width)
-
-
 def sample(model, arch: str, seed: int = 0, steps: int = 4, cfg: float = 4.0, batch: int = 1,
-           height: int = 16, width: int = 16, sampler: str = "euler", scheduler: str = "normal") -> torch.Tensor:
-    """Sample a latent with comfy.sample.sample, exactly as KSampler does."""
-    latent = torch.zeros(latent_shape(arch, batch, height, width))
+           height: int = 16, width: int = 16, sampler: str = "euler", scheduler: str = "normal",
+           frames: int | None = None, cond_seeds: tuple[int, int] = (1, 2)) -> torch.Tensor:
+    """Sample a latent with comfy.sample.sample, exactly as KSampler does (positive and negative
+    conditioning from `cond_seeds`)."""
+    latent = torch.zeros(latent_shape(arch, batch, height, width, frames))
     noise = torch.randn(latent.shape, generator=torch.Generator().manual_seed(seed))
-    positive = conditioning(arch, batch, seed=1)
-    negative = conditioning(arch, batch, seed=2)
+    positive = conditioning(arch, batch, seed=cond_seeds[0], height=height, width=width, frames=frames)
+    negative = conditioning(arch, batch, seed=cond_seeds[1], height=height, width=width, frames=frames)
     return comfy.sample.sample(model, noise, steps, cfg, sampler, scheduler, positive, negative, latent,
                                seed=seed, disable_pbar=True)
 

@@ -1,0 +1,151 @@
+"""Tier 2: PAG, SEG and SAG on every DiT family GuideKit reaches, on thin models of ComfyUI's own classes.
+
+The battery each family passes (as Flux does in test_host_attention_guidance.py): the nodes run and change the
+sample; batched = separate; outside the active range no extra rows run (rows counted); SEG with a vanishing
+blur is unguided and with an infinite one makes each frame's image queries constant; PAG and SEG stacked add
+their terms; a wrong layer name lists the model's layers; the input model is unchanged. Video families run
+on (B, C, T, H, W) latents; Wan I2V's first frame is conditioning.
+"""
+import pytest
+import torch
+
+from attention_nodes import RowCounter, assert_same_guidance, changed, pag, sag, seg
+
+pytestmark = pytest.mark.host
+
+REACHED = ["wan21_t2v", "wan21_i2v", "wan22_t2v", "qwen_image", "flux2", "hunyuan_video", "hunyuan_video15",
+           "hunyuan_image21", "ltxv", "mochi", "aura_flow", "chroma_radiance"]
+REFUSED = {"lumina2": "Lumina 2 / Z-Image", "zimage": "Lumina 2 / Z-Image", "hidream": "HiDream",
+           "omnigen2": "OmniGen2", "cosmos_predict2": "Cosmos Predict2"}
+STEPS = 3
+
+
+@pytest.fixture(scope="module")
+def built(thin):
+    cache = {}
+
+    def get(arch):
+        if thin.missing(arch):
+            pytest.skip(f"this ComfyUI has no {thin.missing(arch)}")
+        if arch not in cache:
+            cache[arch] = thin.build(arch, std=0.1)
+        return cache[arch]
+    return get
+
+
+def run(thin, model, arch, **kw):
+    return thin.sample(model, arch, steps=kw.pop("steps", STEPS), **kw)
+
+
+@pytest.mark.parametrize("arch", REACHED)
+def test_pag_seg_sag_run_and_guide(thin, built, arch):
+    base = built(arch)
+    plain = run(thin, base, arch)
+    for name, patched in (("PAG", pag(base)), ("SEG", seg(base)), ("SAG", sag(base, scale=2.0))):
+        out = run(thin, patched, arch)
+        assert out.shape == plain.shape and torch.isfinite(out).all(), name
+        assert changed(out, plain, 1e-4), f"{name} changed nothing on {arch}"
+
+
+@pytest.mark.parametrize("arch", REACHED)
+def test_batched_equals_separate(thin, built, arch):
+    base = built(arch)
+    plain = run(thin, base, arch)
+    assert_same_guidance(run(thin, pag(base, evaluation="batched"), arch),
+                         run(thin, pag(base, evaluation="separate"), arch), plain)
+
+
+@pytest.mark.parametrize("arch", REACHED)
+def test_no_extra_rows_outside_the_active_range(thin, built, arch):
+    base, steps = built(arch), 8
+    counter = RowCounter()
+    thin.sample(counter.attach(pag(base, evaluation="batched", start_percent=0.3, end_percent=0.6)), arch,
+                steps=steps)
+    import comfy.samplers
+    ms = base.get_model_object("model_sampling")
+    high, low = float(ms.percent_to_sigma(0.3)), float(ms.percent_to_sigma(0.6))
+    sigmas = comfy.samplers.calculate_sigmas(ms, "normal", steps)[:-1]
+    active = sum(1 for s in sigmas if low <= float(s) <= high)
+    assert 0 < active < steps
+    assert counter.rows == 2 * steps + active
+
+
+@pytest.mark.parametrize("arch", REACHED)
+def test_seg_limits(thin, built, arch):
+    """σ → 0: the blurred pass is the conditional one (unguided); σ → ∞: each frame's image queries equal."""
+    from guidekit.nodes.attention_hooks import GRID, IMAGE_FIRST, MARK
+    base = built(arch)
+    plain = run(thin, base, arch)
+    assert_same_guidance(run(thin, seg(base, blur_sigma=1e-3), arch), plain, run(thin, seg(base, blur_sigma=1.0), arch))
+    from guidekit.nodes.layers import architecture, parse_layers
+    slot = parse_layers("default", architecture(base, "test"), "test")[0]
+    seen = []
+
+    def recorder(func, *args, **kwargs):
+        to = kwargs["transformer_options"]
+        if to.get(MARK) and (to.get("block_type"), to.get("block_index")) == slot and args[0].shape == args[1].shape:
+            heads = args[3] if len(args) > 3 else kwargs["heads"]
+            seen.append((args[0].clone(), to[GRID], to.get(IMAGE_FIRST), kwargs.get("skip_reshape", False), heads))
+        return func(*args, **kwargs)
+    recorded = base.clone()
+    recorded.model_options.setdefault("transformer_options", {})["optimized_attention_override"] = recorder
+    run(thin, seg(recorded, blur_sigma=-1.0, evaluation="separate"), arch, steps=1)
+    assert seen, "the perturbed self-attention call was not seen"
+    for q, (frames, h, w), first, heads_first, heads in seen:
+        q = q if heads_first else q.unflatten(-1, (heads, -1)).transpose(1, 2)
+        n = frames * h * w
+        image = q[:, :, :n] if first else q[:, :, -n:]
+        per_frame = image.unflatten(2, (frames, h * w))
+        torch.testing.assert_close(per_frame, per_frame.mean(dim=3, keepdim=True).expand_as(per_frame),
+                                   rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("arch", REACHED)
+def test_pag_and_seg_stacked_add_their_terms(thin, built, arch):
+    base = built(arch)
+    one = dict(steps=1)
+    plain = run(thin, base, arch, **one)
+    d_pag = run(thin, pag(base), arch, **one) - plain
+    d_seg = run(thin, seg(base, blur_sigma=1.0), arch, **one) - plain
+    both = run(thin, seg(pag(base), blur_sigma=1.0), arch, **one) - plain
+    assert_same_guidance(both, d_pag + d_seg, d_pag)
+    assert_same_guidance(both, d_pag + d_seg, d_seg)
+
+
+@pytest.mark.parametrize("arch", REACHED)
+def test_layer_errors_list_the_models_layers_and_the_input_is_unchanged(thin, built, arch):
+    from guidekit.nodes.layers import architecture, format_layers
+    base = built(arch)
+    before = run(thin, base, arch, steps=1)
+    arch_info = architecture(base, "test")
+    with pytest.raises(ValueError) as err:
+        pag(base, layers="nowhere.3")
+    assert "GuideKit PAG: input 'layers'" in str(err.value) and format_layers(arch_info.layers) in str(err.value)
+    for patched in (pag(base), seg(base, evaluation="batched"), sag(base)):
+        run(thin, patched, arch, steps=1)
+    torch.testing.assert_close(run(thin, base, arch, steps=1), before)
+
+
+@pytest.mark.parametrize("arch", sorted(REFUSED))
+def test_unreachable_families_are_refused_with_the_reason(thin, built, arch):
+    base = built(arch)
+    with pytest.raises(ValueError) as err:
+        pag(base)
+    message = str(err.value)
+    assert message.startswith("GuideKit PAG: this model") and REFUSED[arch] in message
+    assert "neither names its blocks" in message
+
+
+@pytest.mark.parametrize("arch", REACHED)
+def test_tsg_noises_the_time_embedding_of_every_family_that_has_one(thin, built, arch):
+    """TSG's negative is the positive with t_emb + s·t^α·n on the uncond rows: it changes the sample. Chroma
+    Radiance (time through its modulation network) and LTX-Video (a (modulation, embedding) pair) are refused."""
+    from guidekit.nodes.tsg import TimestepGuidanceGK
+    base = built(arch)
+    if arch in ("chroma_radiance", "ltxv"):
+        with pytest.raises(ValueError, match="GuideKit TSG: input 'model' is a .*whose time embedding GuideKit cannot"):
+            TimestepGuidanceGK.run(model=base)
+        return
+    patched = TimestepGuidanceGK.run(model=base, noise_scale=4.0)[0]
+    out, plain = run(thin, patched, arch), run(thin, base, arch)
+    assert torch.isfinite(out).all() and changed(out, plain, 1e-4)
