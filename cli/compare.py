@@ -11,6 +11,11 @@ step) and compare.json to --out. Without --checkpoint it uses the embedded defau
 checkpoint from your ComfyUI's models/checkpoints for real pictures). Time per step is the run's wall
 time over the steps, after one untimed warm-up run (another seed, 1 step) that loads the model and
 encodes the prompt.
+
+With --server URL (repeatable) it starts nothing and spreads the methods round-robin over those running
+servers (the runner's `run_prompts`: each server warmed up once, a server that does not answer left out and
+its methods run on the next). Servers sharing one machine's cores slow each other: time per step is then
+not the single-server figure.
 """
 from __future__ import annotations
 
@@ -25,12 +30,12 @@ from pathlib import Path
 from PIL import Image
 
 from ..postprocess.grid import add_ratios, labelled_grid, method_label
-from .run import ComfyServer, RunError
+from .run import ComfyClient, ComfyServer, RunError, ServerUnavailable, remote_server, run_prompts
 
 DEFAULT_CHECKPOINT = "guidekit-thin-sd15.safetensors"
 
 
-def server_methods(server: ComfyServer) -> dict[str, dict]:
+def server_methods(server: ComfyClient) -> dict[str, dict]:
     """The methods the server's GuideKit offers: name → {"node", "inputs", "cfg"} (its node classes' COMPARE)."""
     try:
         with urllib.request.urlopen(server.url + "/guidekit/costs", timeout=30) as r:
@@ -38,6 +43,19 @@ def server_methods(server: ComfyServer) -> dict[str, dict]:
     except (OSError, KeyError, ValueError) as e:
         raise RunError(f"the server's GuideKit does not list its compare methods ({e}): is GuideKit installed in "
                        "its custom_nodes?", 1) from e
+
+
+def first_answer(servers: list[ComfyClient], ask):
+    """ask(server) of the first server that answers (the others may be down); one server: its own error."""
+    if len(servers) == 1:
+        return ask(servers[0])
+    last = None
+    for server in servers:
+        try:
+            return ask(server)
+        except (OSError, RunError) as err:
+            last = err
+    raise ServerUnavailable(f"no ComfyUI server answered ({last})", 3)
 
 
 def base_prompt(checkpoint: str, prompt: str, negative: str, seed: int, steps: int, cfg: float,
@@ -84,24 +102,31 @@ def method_prompt(base: dict, method: str, object_info: dict, cfg: float, method
     return prompt
 
 
-def compare(server: ComfyServer, methods: list[str], out: Path, checkpoint: str = DEFAULT_CHECKPOINT,
-            prompt: str = "a photo of a red apple on a wooden table", negative: str = "", seed: int = 0,
-            steps: int = 20, cfg: float = 5.0, width: int = 512, height: int = 512) -> dict:
-    """Run every method on one seed; write compare.png and compare.json to `out`; return the record."""
-    info, table = server.object_info(), server_methods(server)
+def compare(server: ComfyClient | list[ComfyClient], methods: list[str], out: Path,
+            checkpoint: str = DEFAULT_CHECKPOINT, prompt: str = "a photo of a red apple on a wooden table",
+            negative: str = "", seed: int = 0, steps: int = 20, cfg: float = 5.0, width: int = 512,
+            height: int = 512) -> dict:
+    """Run every method on one seed (on one server, or spread over a list of them); write compare.png and
+    compare.json to `out`; return the record."""
+    servers = list(server) if isinstance(server, (list, tuple)) else [server]
+    info, table = first_answer(servers, lambda s: (s.object_info(), server_methods(s)))
     base = base_prompt(checkpoint, prompt, negative, seed, steps, cfg, width, height)
     prompts = {m: method_prompt(base, m, info, cfg, table) for m in methods}    # bad names fail before any run
     warmup = json.loads(json.dumps(prompts[methods[0]]))                 # loads the model, not timed; another
     warmup["5"]["inputs"].update(seed=seed + 1, steps=1)                 # seed, so no timed run is a cache hit
-    server.run(warmup, out / "warmup")
+    if len(servers) == 1:
+        servers[0].run(warmup, out / "warmup")
+        results = [servers[0].run(p, out / method) for method, p in prompts.items()]
+    else:                                                                # one warm-up per server, then fan out
+        _raise_first(run_prompts(servers, [warmup] * len(servers), [out / "warmup"] * len(servers), depth=1))
+        results = _raise_first(run_prompts(servers, list(prompts.values()), [out / m for m in prompts], depth=1))
     rows = []
-    for method, p in prompts.items():
-        result = server.run(p, out / method)
+    for (method, p), result in zip(prompts.items(), results):
         if not result.images:
             raise RunError(f"method {method!r} produced no image", 1)
         rows.append({"method": method, "image": os.path.relpath(result.images[0], out), "seconds": result.seconds,
                      "seconds_per_step": result.seconds / steps, "node": table[method]["node"],
-                     "cfg": p["5"]["inputs"]["cfg"]})
+                     "cfg": p["5"]["inputs"]["cfg"]} | ({"server": result.server} if len(servers) > 1 else {}))
     add_ratios(rows)
     panels = []
     for r in rows:
@@ -113,6 +138,13 @@ def compare(server: ComfyServer, methods: list[str], out: Path, checkpoint: str 
               "cfg": cfg, "size": [width, height], "grid": grid.name, "methods": rows}
     (out / "compare.json").write_text(json.dumps(record, indent=1))
     return record
+
+
+def _raise_first(results: list) -> list:
+    for result in results:
+        if isinstance(result, RunError):
+            raise result
+    return results
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -131,6 +163,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--out", type=Path, default=Path("guidekit-out") / "compare")
     p.add_argument("--comfyui", type=Path, default=os.environ.get("COMFYUI_PATH"))
     p.add_argument("--models-dir", type=Path, default=os.environ.get("GUIDEKIT_MODELS_DIR"))
+    p.add_argument("--server", dest="servers", action="append", default=[], metavar="URL",
+                   help="an already-running ComfyUI with GuideKit (repeatable: methods spread over the servers)")
     return p.parse_args(argv)
 
 
@@ -140,24 +174,33 @@ def main(argv: list[str] | None = None) -> int:
     if not methods:
         print("guidekit.cli.compare: error: no methods given (--methods cfg,pag,...)", file=sys.stderr)
         return 2
-    if args.comfyui is None:
-        print("guidekit.cli.compare: error: no ComfyUI given: set COMFYUI_PATH or pass --comfyui", file=sys.stderr)
+    if args.comfyui is None and not args.servers:
+        print("guidekit.cli.compare: error: no ComfyUI given: set COMFYUI_PATH, pass --comfyui or --server URL",
+              file=sys.stderr)
         return 2
-    server = ComfyServer(Path(args.comfyui), args.models_dir)
+    server = None
     try:
-        t0 = time.monotonic()
-        server.start()
-        print(f"ComfyUI ready in {time.monotonic() - t0:.1f} s; comparing {', '.join(methods)}", flush=True)
-        unknown = [m for m in methods if m not in server_methods(server)]
+        if args.servers:
+            servers = [remote_server(address) for address in args.servers]
+            print(f"comparing {', '.join(methods)} on {', '.join(s.url for s in servers)}", flush=True)
+        else:
+            server = ComfyServer(Path(args.comfyui), args.models_dir)
+            t0 = time.monotonic()
+            server.start()
+            print(f"ComfyUI ready in {time.monotonic() - t0:.1f} s; comparing {', '.join(methods)}", flush=True)
+            servers = [server]
+        offered = first_answer(servers, server_methods)
+        unknown = [m for m in methods if m not in offered]
         if unknown:
-            raise RunError(f"unknown method(s) {unknown}; choose from {', '.join(server_methods(server))}", 2)
-        record = compare(server, methods, args.out, args.checkpoint, args.prompt, args.negative, args.seed,
-                         args.steps, args.cfg, args.width, args.height)
+            raise RunError(f"unknown method(s) {unknown}; choose from {', '.join(offered)}", 2)
+        record = compare(servers if len(servers) > 1 else servers[0], methods, args.out, args.checkpoint,
+                         args.prompt, args.negative, args.seed, args.steps, args.cfg, args.width, args.height)
     except RunError as err:
         print(f"guidekit.cli.compare: error: {err}", file=sys.stderr)
         return err.status
     finally:
-        server.stop()
+        if server is not None:
+            server.stop()
     for r in record["methods"]:
         print(f"{r['method']:10s} {r['seconds_per_step']:.3f} s/step"
               + (f"  {r['vs_cfg']:.2f}x CFG" if r["vs_cfg"] else ""))

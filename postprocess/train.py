@@ -4,10 +4,17 @@ Zhao & Schwing (2025) §3.4: min_v E_t ||(x_r − x_g) − v(x_t, t)||², x_t = 
 x_r drawn uniformly from the k nearest real samples of x_g at every step. AdamW, an EMA of the weights,
 resumable checkpoints, and one seeded generator for every random draw, so a run is reproducible and a
 resumed run continues exactly where it stopped.
+
+Data-parallel (torchrun, PyTorch DDP): when torch.distributed is initialised, every rank draws the whole
+global batch from the same seeded stream and trains on its own equal slice; DDP averages the gradients, so
+each step is the one-process step for the same global batch and seed (up to the order of float sums), and
+the optimizer, EMA and generator stay identical on every rank. Checkpoints hold the global step and the
+generator: a run resumes at any world size that divides the batch. Rank 0 writes the files.
 """
 from __future__ import annotations
 
 import copy
+import gc
 import hashlib
 import os
 import time
@@ -71,6 +78,13 @@ def _ema_update(ema: torch.nn.Module, model: torch.nn.Module, beta: float, step:
             pe.lerp_(p, 1 - b)
 
 
+def _world() -> tuple[int, int]:
+    """(world size, rank) of the initialised process group, (1, 0) without one."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_world_size(), torch.distributed.get_rank()
+    return 1, 0
+
+
 def _save_checkpoint(path: Path, state: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
@@ -83,15 +97,24 @@ def train_refiner(refiner: Refiner, generated: torch.Tensor, real: torch.Tensor,
                   on_step: Callable[[int, float], None] | None = None, log_every: int = 50) -> TrainResult:
     """Train `refiner` (resuming from `checkpoint` when it exists) and return its EMA copy.
 
-    generated (N, ...), real (M, ...) in the training space; neighbours (N, k) indexes `real`.
+    generated (N, ...), real (M, ...) in the training space; neighbours (N, k) indexes `real`. Training runs in
+    the refiner's dtype (float32 unless the refiner was converted). Under torch.distributed every rank calls
+    this with the same data, settings and initial weights; `settings.batch_size` is the global batch.
     """
     if neighbours.shape[0] != generated.shape[0]:
         raise ValueError(f"neighbours has {neighbours.shape[0]} rows for {generated.shape[0]} generated samples")
     if generated.shape[1:] != real.shape[1:]:
         raise ValueError(f"generated samples are {tuple(generated.shape[1:])}, real ones {tuple(real.shape[1:])}: "
                          "train in one space")
+    world, rank = _world()
+    if settings.batch_size % world:
+        raise ValueError(f"the global batch ({settings.batch_size}) must be divisible by the number of processes "
+                         f"({world}): every process trains on an equal slice")
+    per_rank = settings.batch_size // world
+    mine = slice(rank * per_rank, (rank + 1) * per_rank)
     device = torch.device(device)
     model = refiner.to(device).train()
+    dtype = next(model.parameters()).dtype
     ema = copy.deepcopy(model).eval().requires_grad_(False)
     opt = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
     gen = torch.Generator().manual_seed(settings.seed)
@@ -101,23 +124,29 @@ def train_refiner(refiner: Refiner, generated: torch.Tensor, real: torch.Tensor,
         model.load_state_dict(state["model"])
         ema.load_state_dict(state["ema"])
         opt.load_state_dict(state["optimizer"])
-        gen.set_state(state["generator"])
+        gen.set_state(state["generator"].cpu())
         step, losses = int(state["step"]), list(state["losses"])
-    generated, real = generated.float(), real.float()
+    generated, real = generated.to(dtype), real.to(dtype)
+    net = model
+    if world > 1:                 # DDP: rank 0's weights broadcast once, gradients averaged over the ranks
+        net = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None)
     k = neighbours.shape[1]
     t0, window = time.perf_counter(), []
 
     def save() -> None:
-        if checkpoint is not None:
+        if checkpoint is not None and rank == 0:
             _save_checkpoint(Path(checkpoint), {"model": model.state_dict(), "ema": ema.state_dict(),
                                                 "optimizer": opt.state_dict(), "generator": gen.get_state(),
-                                                "step": step, "losses": losses})
+                                                "step": step, "losses": losses, "batch_size": settings.batch_size,
+                                                "world_size": world})
 
     while step < settings.iterations:
-        rows = torch.randint(generated.shape[0], (settings.batch_size,), generator=gen)
-        picks = neighbours[rows, torch.randint(k, (settings.batch_size,), generator=gen)]
+        rows = torch.randint(generated.shape[0], (settings.batch_size,), generator=gen)   # the global batch,
+        picks = neighbours[rows, torch.randint(k, (settings.batch_size,), generator=gen)]   # drawn on every rank
         t = torch.rand(settings.batch_size, generator=gen)
-        loss = flow_matching_loss(model, generated[rows].to(device), real[picks].to(device), t.to(device))
+        rows, picks, t = rows[mine], picks[mine], t[mine]                                  # this rank's slice
+        loss = flow_matching_loss(net, generated[rows].to(device), real[picks].to(device), t.to(device))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         if settings.grad_clip:
@@ -127,12 +156,20 @@ def train_refiner(refiner: Refiner, generated: torch.Tensor, real: torch.Tensor,
         step += 1
         window.append(loss.item())
         if len(window) == log_every or step == settings.iterations:
-            losses.append(sum(window) / len(window))
+            mean = sum(window) / len(window)
+            if world > 1:         # the mean over equal slices = the global batch's mean
+                total = torch.tensor([mean], dtype=torch.float64, device=device)
+                torch.distributed.all_reduce(total)
+                mean = total.item() / world
+            losses.append(mean)
             window = []
         if on_step is not None:
             on_step(step, losses[-1] if losses else loss.item())
         if settings.checkpoint_every and step % settings.checkpoint_every == 0:
             save()
     save()
+    if world > 1:                 # free DDP (its reducer holds the process group) now, not at interpreter exit,
+        del net                   # where gloo's threads can end in "terminate called without an active exception"
+        gc.collect()
     return TrainResult(ema.cpu(), losses, step, time.perf_counter() - t0)
 
