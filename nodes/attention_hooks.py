@@ -1,7 +1,8 @@
 """The shared host adapter: perturb chosen self-attention layers on chosen batch rows of a model call.
 
 A perturbation sees (B, heads, L, d) queries, keys and values plus the image-token grid (frames, h, w) (image
-tokens are the last frames·h·w of L: families that put them first are reordered for it and back) and returns
+tokens are the last frames·h·w of L: families that put them first, or pad them (Z-Image), are reordered for
+it and back) and returns
 the attention output, or new (q, k, v) for the host's own attention to run on (so masks, precision and fast
 kernels stay the host's), or None to leave the rows be. On DiTs only self-attention is perturbed: calls whose
 keys are as many as the queries and hold the image grid (cross-attention to text or reference images is not).
@@ -25,6 +26,7 @@ from .layers import Architecture, Layer
 MARK = "guidekit_rows"
 GRID = "guidekit_grid"
 IMAGE_FIRST = "guidekit_image_first"         # the family puts image tokens before text in joint attention
+IMAGE_PAD = "guidekit_image_pad"             # the family pads image tokens to a multiple of this (0: none)
 
 Grid = tuple[int, int, int]          # image tokens as (frames, height, width); images have 1 frame
 Perturbation = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, Grid],
@@ -48,6 +50,7 @@ def install(model_options: dict, arch: Architecture, layers: Iterable[Layer], to
         return mo
     to[GRID] = grid
     to[IMAGE_FIRST] = arch.image_first
+    to[IMAGE_PAD] = arch.image_pad
     to["optimized_attention_override"] = DiTSelfAttention(token, perturb, layers,
                                                           to.get("optimized_attention_override"))
     if arch.dit_keys:               # families whose blocks are not named to the attention call: label them
@@ -66,17 +69,28 @@ def image_grid(arch: Architecture, latent_shape: torch.Size) -> Grid:
     return frames, -(-latent_shape[-2] // ph), -(-latent_shape[-1] // pw)
 
 
-def _image_last(tensors, n_image: int, first: bool):
-    """q, k, v with the image tokens moved last when the family puts them first (a view otherwise)."""
-    if not first:
+def image_start(length: int, n_image: int, first: bool, pad_multiple: int = 0) -> int:
+    """Where the n_image image tokens start in a self-attention sequence of `length` tokens: at 0, or
+    before the padding that rounds them up to a multiple of `pad_multiple`, at the end."""
+    if first:
+        return 0
+    return length - n_image - ((-n_image) % pad_multiple if pad_multiple > 1 else 0)
+
+
+def _image_last(tensors, start: int, n_image: int):
+    """q, k, v with the image tokens [start, start + n_image) moved last (the tensors themselves when they are)."""
+    if start + n_image == tensors[0].shape[2]:
         return tensors
-    return [torch.cat([t[:, :, n_image:], t[:, :, :n_image]], dim=2) for t in tensors]
+    return [torch.cat([t[:, :, :start], t[:, :, start + n_image:], t[:, :, start:start + n_image]], dim=2)
+            for t in tensors]
 
 
-def _image_back(out: torch.Tensor, n_image: int, first: bool) -> torch.Tensor:
-    if not first:
+def _image_back(out: torch.Tensor, start: int, n_image: int) -> torch.Tensor:
+    """Undo _image_last on a (B, heads, L, d) output."""
+    if start + n_image == out.shape[2]:
         return out
-    return torch.cat([out[:, :, -n_image:], out[:, :, :-n_image]], dim=2)
+    rest, image = out[:, :, :-n_image], out[:, :, -n_image:]
+    return torch.cat([rest[:, :, :start], image, rest[:, :, start:]], dim=2)
 
 
 def _marked_chunks(transformer_options: dict, token: object) -> tuple[list[int], list[int]]:
@@ -191,14 +205,14 @@ class DiTSelfAttention:
             split = [t[rows] for t in (q, k, v)]
         else:
             split = [_heads_first(t[rows], heads) for t in (q, k, v)]
-        first = to.get(IMAGE_FIRST, False)
-        out = self.perturb(*_image_last(split, n_image, first), grid)
+        start = image_start(q.shape[seq], n_image, to.get(IMAGE_FIRST, False), to.get(IMAGE_PAD, 0))
+        out = self.perturb(*_image_last(split, start, n_image), grid)
         if out is None:
             return self.default(func, *args, **kwargs)
         if isinstance(out, tuple):
-            out = [_image_back(t, n_image, first) for t in out]
+            out = [_image_back(t, start, n_image) for t in out]
             return self.default(func, *_replaced((q, k, v), rows, out, skip_reshape), *args[3:], **kwargs)
-        out = _image_back(out, n_image, first)
+        out = _image_back(out, start, n_image)
         if kwargs.get("mask") is not None:
             raise NotImplementedError("GuideKit: this perturbation does not support attention masks (masked "
                                       "text conditioning); remove the mask or use SEG, which keeps the host's "

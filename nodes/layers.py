@@ -32,6 +32,7 @@ class Architecture:
     default_layers: str         # the paper's choice (UNet: mid block) or our documented DiT choice
     default_sag_layer: str
     image_first: bool = False   # joint attention holds the image tokens before the text
+    image_pad: int = 0          # the image tokens are padded to a multiple of this (0: not padded)
     dit_keys: tuple[tuple[str, str], ...] = ()   # place → patches_replace["dit"] key: GuideKit labels blocks
 
     @property
@@ -51,6 +52,7 @@ class Family:
     image: str | Callable[[object], str] = "last"   # image tokens in self-attention: "last", "first", "only"
     patch: tuple[int, int, int] | None = None   # (frames, h, w) per token; None: the model's patch_size
     time_embedder: str = ""                     # the module whose output is t_emb (what TSG noises)
+    image_pad: str = ""                         # attribute: image tokens padded to a multiple of it (Z-Image)
     accepts: Callable[[object], bool] = lambda dm: True
 
 
@@ -63,6 +65,8 @@ FAMILIES: tuple[Family, ...] = (
            dit_keys=(("joint", "double_block"),), time_embedder="t_embedder"),
     Family("wan", "Wan 2.1 / 2.2 (T2V, I2V)", ("WanModel",), (("block", "blocks"),),
            dit_keys=(("block", "double_block"),), image="only", patch=(1, 2, 2), time_embedder="time_embedding"),
+    Family("lumina2", "Lumina 2 / Z-Image", ("NextDiT",), (("double", "layers"),), time_embedder="t_embedder",
+           image_pad="pad_tokens_multiple", accepts=compat.labels_its_blocks),     # refiners are not labelled
     Family("qwen_image", "Qwen-Image", ("QwenImageTransformer2DModel",), (("double", "transformer_blocks"),),
            patch=(1, 2, 2), time_embedder="time_text_embed"),
     Family("hunyuan_video", "HunyuanVideo / 1.5, HunyuanImage 2.1", ("HunyuanVideo",),
@@ -77,9 +81,12 @@ FAMILIES: tuple[Family, ...] = (
            dit_keys=(("double", "double_block"), ("single", "single_block")), patch=(1, 2, 2),
            time_embedder="t_embedder"),
 )
-UNREACHABLE = {   # families whose blocks ComfyUI neither names to the attention call nor lets a patch wrap
-    "NextDiT": "Lumina 2 / Z-Image", "HiDreamImageTransformer2DModel": "HiDream",
-    "OmniGen2Transformer2DModel": "OmniGen2", "MiniTrainDIT": "Cosmos Predict2",
+NOT_LABELLED = ("ComfyUI neither names its blocks to the attention call nor lets a patch wrap them, so a layer "
+                "cannot be told apart")
+UNREACHABLE = {   # families whose blocks this ComfyUI does not name to the attention call: why, in a sentence
+    "NextDiT": f"Lumina 2 / Z-Image: this ComfyUI's {NOT_LABELLED}; ComfyUI 0.33 names them: update ComfyUI",
+    "HiDreamImageTransformer2DModel": f"HiDream: {NOT_LABELLED}",
+    "OmniGen2Transformer2DModel": f"OmniGen2: {NOT_LABELLED}", "MiniTrainDIT": f"Cosmos Predict2: {NOT_LABELLED}",
 }
 
 
@@ -127,10 +134,10 @@ def architecture_of(dm, node: str) -> Architecture:
         middle = format_layers([layers[len(layers) // 2]])
         image = family.image(dm) if callable(family.image) else family.image
         return Architecture(family.id, name, tuple(layers), family.patch or _patch(dm), middle, middle,
-                            image == "first", family.dit_keys)
+                            image == "first", int(getattr(dm, family.image_pad, None) or 0) if family.image_pad
+                            else 0, family.dit_keys)
     supported = ", ".join(f.name for f in FAMILIES)
-    why = (f" ({UNREACHABLE[name]}: ComfyUI neither names its blocks to the attention call nor lets a patch wrap "
-           "them, so a layer cannot be told apart)" if name in UNREACHABLE else "")
+    why = f" ({UNREACHABLE[name]})" if name in UNREACHABLE else ""
     raise ValueError(f"{node}: this model ({name}) has no self-attention GuideKit can reach{why}. "
                      f"Supported: {supported}.")
 

@@ -27,7 +27,8 @@ class PerturbedAttentionGuidanceGK(GuideKitNode):
             node_id="GuideKitPAG", display_name=NODE, category=CATEGORY,
             description="Perturbed-Attention Guidance: guide away from a pass whose chosen self-attention maps "
                         "are replaced by the identity. UNets (SD1.x/SDXL) and DiTs: SD3, Flux, Flux 2, Chroma, Wan, "
-                        "Qwen-Image, HunyuanVideo, LTX-Video, Mochi, AuraFlow.",
+                        "Qwen-Image, Lumina 2 / Z-Image (on ComfyUI 0.33; 0.3.75 cannot), HunyuanVideo, LTX-Video, "
+                        "Mochi, AuraFlow.",
             inputs=[
                 io.Model.Input("model",
                                tooltip="The model to guide (a patched copy is returned; this one is unchanged)."),

@@ -2,7 +2,8 @@
 
 Self-attention only (keys as many as queries, holding the image grid): cross-attention to text or to reference
 images in the same block runs untouched. Families that put the image tokens before the text (HunyuanVideo)
-are reordered for the perturbation and back. Video grids count frames × h × w tokens.
+are reordered for the perturbation and back, as are families that pad the image tokens (Z-Image). Video grids
+count frames × h × w tokens.
 """
 import pytest
 import torch
@@ -22,11 +23,12 @@ def sdpa(q, k, v, heads, skip_reshape=False, **kwargs):
     return out if kwargs.get("skip_output_reshape") else out.transpose(1, 2).flatten(2)
 
 
-def call(hooks, perturb, q, k, v, grid, image_first=False, rows=(0,), labels=(0,)):
+def call(hooks, perturb, q, k, v, grid, image_first=False, rows=(0,), labels=(0,), image_pad=0):
     token = object()
     hook = hooks.DiTSelfAttention(token, perturb, [("double", 0)], None)
     to = {"block_type": "double", "block_index": 0, "cond_or_uncond": list(labels),
-          hooks.MARK: {r: token for r in rows}, hooks.GRID: grid, hooks.IMAGE_FIRST: image_first}
+          hooks.MARK: {r: token for r in rows}, hooks.GRID: grid, hooks.IMAGE_FIRST: image_first,
+          hooks.IMAGE_PAD: image_pad}
     return hook(sdpa, q, k, v, q.shape[1], skip_reshape=True, transformer_options=to)
 
 
@@ -62,6 +64,28 @@ def test_image_first_sequences_are_perturbed_on_their_image_tokens(hooks):
     torch.testing.assert_close(first, expected)
     image_out = first.unflatten(2, (2, 4)).transpose(1, 2)[:, :, :n_img]
     assert not torch.allclose(image_out, v[:, :, :n_img]), "image queries also see the text keys"
+
+
+def test_padded_image_tokens_are_found_before_their_padding(hooks):
+    """[text 5, image 6, pad 2] (padded to a multiple of 8): the perturbation gets [text, pad, image] and its
+    output goes back in place: PAG on the padded sequence = PAG on [text, pad, image], reordered back."""
+    from guidekit.nodes.pag import identity_perturbation
+    assert hooks.image_start(13, 6, False, 8) == 5 and hooks.image_start(13, 6, True, 8) == 0
+    assert hooks.image_start(11, 6, False, 0) == 5 and hooks.image_start(12, 6, False, 3) == 6
+    g = torch.Generator().manual_seed(3)
+    q, k, v = (torch.randn(1, 2, 13, 4, generator=g) for _ in range(3))
+    seen = []
+
+    def perturb(q_, k_, v_, grid):
+        seen.append(q_)
+        return identity_perturbation(q_, k_, v_, grid)
+    padded = call(hooks, perturb, q, k, v, (1, 2, 3), image_pad=8).unflatten(2, (2, 4)).transpose(1, 2)
+    reorder = [torch.cat([t[:, :, :5], t[:, :, 11:], t[:, :, 5:11]], dim=2) for t in (q, k, v)]
+    torch.testing.assert_close(seen[0], reorder[0])
+    last = call(hooks, identity_perturbation, *reorder, (1, 2, 3)).unflatten(2, (2, 4)).transpose(1, 2)
+    torch.testing.assert_close(padded, torch.cat([last[:, :, :5], last[:, :, 7:], last[:, :, 5:7]], dim=2))
+    unpadded = call(hooks, identity_perturbation, q, k, v, (1, 2, 3)).unflatten(2, (2, 4)).transpose(1, 2)
+    assert not torch.allclose(padded, unpadded), "taking the last 6 tokens for the image must differ"
 
 
 def test_video_grids_count_frames(hooks):
