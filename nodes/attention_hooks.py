@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 
+import comfy.patcher_extension
 import torch
 from comfy.ldm.modules.attention import optimized_attention
 
@@ -59,6 +60,11 @@ def install(model_options: dict, arch: Architecture, layers: Iterable[Layer], to
             key = (keys[layer[0]], layer[1])
             dit[key] = BlockLabel(layer, dit.get(key))
         replace["dit"] = dit
+    if arch.wrapped:                # … and those that check no dit patch either: name them for this call
+        wrappers = {kind: dict(by_key) for kind, by_key in to.get("wrappers", {}).items()}
+        apply_model = wrappers.setdefault(comfy.patcher_extension.WrappersMP.APPLY_MODEL, {})
+        apply_model.setdefault(BlockForwardLabels.KEY, [BlockForwardLabels(arch.wrapped)])
+        to["wrappers"] = wrappers
     return mo
 
 
@@ -117,6 +123,11 @@ def _restricted(transformer_options: dict, chunks: list[int]) -> dict:
 def _heads_first(t: torch.Tensor, heads: int) -> torch.Tensor:
     """(B, L, heads·d) or (B, L, heads, d) host layout → (B, heads, L, d)."""
     return t.reshape(t.shape[0], t.shape[1], heads, -1).transpose(1, 2)
+
+
+def _all_heads(t: torch.Tensor, heads: int) -> torch.Tensor:
+    """(B, kv heads, L, d) grouped-query keys or values → (B, heads, L, d), what enable_gqa computes."""
+    return t if t.shape[1] == heads else t.repeat_interleave(heads // t.shape[1], dim=1)
 
 
 def _replaced(tensors, rows, new, heads_first: bool):
@@ -191,9 +202,12 @@ class DiTSelfAttention:
         mine, other = _marked_chunks(to, self.token)
         if not mine:
             return self.default(func, *args, **kwargs)
-        q, k, v = args[:3]
         heads = args[3] if len(args) > 3 else kwargs["heads"]
         skip_reshape = kwargs.get("skip_reshape", False)
+        if kwargs.get("enable_gqa") and skip_reshape:    # grouped keys/values (OmniGen2 on 0.33): full heads
+            kwargs = {key: value for key, value in kwargs.items() if key != "enable_gqa"}
+            args = (args[0], *(_all_heads(t, heads) for t in args[1:3]), *args[3:])
+        q, k, v = args[:3]
         seq = 2 if skip_reshape else 1
         grid = to[GRID]
         n_image = grid[0] * grid[1] * grid[2]
@@ -242,3 +256,40 @@ class BlockLabel:
         if self.previous is not None:
             return self.previous(args, extra)
         return extra["original_block"](args)
+
+
+class BlockForwardLabels:
+    """APPLY_MODEL wrapper for families whose blocks ComfyUI neither names to the attention call nor lets a dit
+    patch replace: for the length of one model call each block's forward is wrapped (an instance attribute,
+    removed afterwards, whatever happens) so that it passes its (place, index) in transformer_options."""
+    KEY = "guidekit_block_labels"
+
+    def __init__(self, stacks: tuple[tuple[str, str], ...]):
+        self.stacks = stacks
+
+    def __call__(self, executor, *args, **kwargs):
+        dm = executor.class_obj.diffusion_model
+        wrapped = []
+        try:
+            for place, attr in self.stacks:
+                for index, block in enumerate(getattr(dm, attr)):
+                    before = block.__dict__.get("forward")
+                    block.forward = _labelled_forward(block, (place, index), before)
+                    wrapped.append((block, before))
+            return executor(*args, **kwargs)
+        finally:
+            for block, before in wrapped:
+                if before is None:
+                    del block.forward
+                else:
+                    block.forward = before
+
+
+def _labelled_forward(block, layer: Layer, before: Callable | None) -> Callable:
+    forward = before or type(block).forward.__get__(block)
+
+    def labelled(*args, **kwargs):
+        kwargs["transformer_options"] = dict(kwargs.get("transformer_options") or {}, block_type=layer[0],
+                                             block_index=layer[1])
+        return forward(*args, **kwargs)
+    return labelled

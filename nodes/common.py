@@ -12,8 +12,8 @@ REPLACE_UNCOND_COST = {"widget": "mode", "value": MODES[1], "extra_passes": 0,  
 LAYERS_TOOLTIP = ("Self-attention layers to perturb, comma-separated: place[.ids[.indices]] with numbers or "
                   "ranges a-b, a missing part meaning all. UNet: input / middle / output, e.g. 'middle', "
                   "'output.0-2', 'input.4.1'. Flux/Chroma, HunyuanVideo, AuraFlow: 'double.3, single.0-5'. "
-                  "SD3: 'joint.12'. Qwen-Image: 'double.30'. Lumina 2 / Z-Image: 'double.15'. "
-                  "Wan, LTX-Video, Mochi: 'block.15'. 'default' = mid block on UNets, the middle block of the "
+                  "SD3: 'joint.12'. Qwen-Image, Lumina 2 / Z-Image, OmniGen2: 'double.15'. "
+                  "Wan, LTX-Video, Mochi, Cosmos: 'block.15'. 'default' = mid block on UNets, the middle block of the "
                   "stack on DiTs. A wrong name lists this model's layers in the error.")
 
 

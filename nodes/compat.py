@@ -8,8 +8,6 @@ after the tested ones takes whichever path its code offers.
   has no autograd unless `comfy.model_management.in_training` is set (core's Train LoRA node sets it).
 - Module trees for a second set of weights: ≥ 0.4 has a dynamic-VRAM ModelPatcher (NVIDIA default) that
   keeps host buffers on the model object; those are load state, never copied into a twin.
-- Block labels: 0.33 (not 0.3.75) sets `block_type` / `block_index` in transformer_options inside Lumina 2 / Z-Image's
-  main loop (NextDiT); older hosts do not, so a layer of theirs cannot be told apart.
 - Model configs: ≥ 0.4 adds required fields to the DiT parameter dataclasses (Flux `txt_ids_dims`,
   Chroma `vec_in_dim`, HunyuanVideo `meanflow_sum`, Chroma Radiance `use_x0` / `use_sequential_txt_ids`);
   `complete_dit_config` fills them the way ComfyUI's own detection does.
@@ -18,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import inspect
 from collections.abc import Iterator
 
 import comfy.model_management
@@ -104,16 +101,6 @@ def image_tokens_first(block) -> bool:
     """Whether a Flux-style double block puts the image tokens before the text (HunyuanVideo on ComfyUI 0.3.x
     builds its blocks with `flipped_img_txt`; later versions put the text first, as Flux does)."""
     return bool(getattr(block, "flipped_img_txt", False))
-
-
-def labels_its_blocks(dm) -> bool:
-    """Whether this ComfyUI's forward of `dm`'s class names the running block to the attention call
-    (transformer_options["block_index"]), read from the forward's source: the feature, not a version."""
-    forward = getattr(type(dm), "_forward", None) or type(dm).forward
-    try:
-        return 'transformer_options["block_index"]' in inspect.getsource(forward)
-    except (OSError, TypeError):
-        return False
 
 
 def complete_dit_config(params_class: type, config: dict) -> dict:

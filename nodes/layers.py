@@ -34,6 +34,7 @@ class Architecture:
     image_first: bool = False   # joint attention holds the image tokens before the text
     image_pad: int = 0          # the image tokens are padded to a multiple of this (0: not padded)
     dit_keys: tuple[tuple[str, str], ...] = ()   # place → patches_replace["dit"] key: GuideKit labels blocks
+    wrapped: tuple[tuple[str, str], ...] = ()    # (place, block list) GuideKit labels by wrapping for one call
 
     @property
     def patch_size(self) -> int:
@@ -53,6 +54,8 @@ class Family:
     patch: tuple[int, int, int] | None = None   # (frames, h, w) per token; None: the model's patch_size
     time_embedder: str = ""                     # the module whose output is t_emb (what TSG noises)
     image_pad: str = ""                         # attribute: image tokens padded to a multiple of it (Z-Image)
+    wrap: bool = False                          # ComfyUI neither names the blocks nor checks a dit patch: GuideKit
+                                                # wraps their forward for the length of a model call to name them
     accepts: Callable[[object], bool] = lambda dm: True
 
 
@@ -66,7 +69,13 @@ FAMILIES: tuple[Family, ...] = (
     Family("wan", "Wan 2.1 / 2.2 (T2V, I2V)", ("WanModel",), (("block", "blocks"),),
            dit_keys=(("block", "double_block"),), image="only", patch=(1, 2, 2), time_embedder="time_embedding"),
     Family("lumina2", "Lumina 2 / Z-Image", ("NextDiT",), (("double", "layers"),), time_embedder="t_embedder",
-           image_pad="pad_tokens_multiple", accepts=compat.labels_its_blocks),     # refiners are not labelled
+           image_pad="pad_tokens_multiple", wrap=True),          # the main layers; the refiners are not labelled
+    Family("hidream", "HiDream", ("HiDreamImageTransformer2DModel",),
+           (("double", "double_stream_blocks"), ("single", "single_stream_blocks")), image="first",
+           time_embedder="t_embedder", wrap=True),
+    Family("omnigen2", "OmniGen2", ("OmniGen2Transformer2DModel",), (("double", "layers"),), wrap=True),
+    Family("cosmos_predict2", "Cosmos Predict2", ("MiniTrainDIT",), (("block", "blocks"),), image="only",
+           patch=(1, 2, 2), wrap=True),                           # t_embedder gives a (t_emb, adaLN-LoRA) pair
     Family("qwen_image", "Qwen-Image", ("QwenImageTransformer2DModel",), (("double", "transformer_blocks"),),
            patch=(1, 2, 2), time_embedder="time_text_embed"),
     Family("hunyuan_video", "HunyuanVideo / 1.5, HunyuanImage 2.1", ("HunyuanVideo",),
@@ -81,12 +90,8 @@ FAMILIES: tuple[Family, ...] = (
            dit_keys=(("double", "double_block"), ("single", "single_block")), patch=(1, 2, 2),
            time_embedder="t_embedder"),
 )
-NOT_LABELLED = ("ComfyUI neither names its blocks to the attention call nor lets a patch wrap them, so a layer "
-                "cannot be told apart")
-UNREACHABLE = {   # families whose blocks this ComfyUI does not name to the attention call: why, in a sentence
-    "NextDiT": f"Lumina 2 / Z-Image: this ComfyUI's {NOT_LABELLED}; ComfyUI 0.33 names them: update ComfyUI",
-    "HiDreamImageTransformer2DModel": f"HiDream: {NOT_LABELLED}",
-    "OmniGen2Transformer2DModel": f"OmniGen2: {NOT_LABELLED}", "MiniTrainDIT": f"Cosmos Predict2: {NOT_LABELLED}",
+UNREACHABLE = {   # families whose attention ComfyUI calls without transformer_options: no override reaches it
+    "PixArtMS": "PixArt", "HunYuanDiT": "HunyuanDiT",
 }
 
 
@@ -133,11 +138,12 @@ def architecture_of(dm, node: str) -> Architecture:
         layers = [(place, i) for place, attr in family.stacks for i in range(len(getattr(dm, attr)))]
         middle = format_layers([layers[len(layers) // 2]])
         image = family.image(dm) if callable(family.image) else family.image
+        pad = int(getattr(dm, family.image_pad, None) or 0) if family.image_pad else 0
         return Architecture(family.id, name, tuple(layers), family.patch or _patch(dm), middle, middle,
-                            image == "first", int(getattr(dm, family.image_pad, None) or 0) if family.image_pad
-                            else 0, family.dit_keys)
+                            image == "first", pad, family.dit_keys, family.stacks if family.wrap else ())
     supported = ", ".join(f.name for f in FAMILIES)
-    why = f" ({UNREACHABLE[name]})" if name in UNREACHABLE else ""
+    why = (f" ({UNREACHABLE[name]}: ComfyUI calls its attention without transformer_options, so no attention "
+           "override reaches it)" if name in UNREACHABLE else "")
     raise ValueError(f"{node}: this model ({name}) has no self-attention GuideKit can reach{why}. "
                      f"Supported: {supported}.")
 

@@ -27,7 +27,7 @@ class PerturbedAttentionGuidanceGK(GuideKitNode):
             node_id="GuideKitPAG", display_name=NODE, category=CATEGORY,
             description="Perturbed-Attention Guidance: guide away from a pass whose chosen self-attention maps "
                         "are replaced by the identity. UNets (SD1.x/SDXL) and DiTs: SD3, Flux, Flux 2, Chroma, Wan, "
-                        "Qwen-Image, Lumina 2 / Z-Image (on ComfyUI 0.33; 0.3.75 cannot), HunyuanVideo, LTX-Video, "
+                        "Qwen-Image, Lumina 2 / Z-Image, HiDream, OmniGen2, Cosmos Predict2, HunyuanVideo, LTX-Video, "
                         "Mochi, AuraFlow.",
             inputs=[
                 io.Model.Input("model",

@@ -23,13 +23,13 @@ def sdpa(q, k, v, heads, skip_reshape=False, **kwargs):
     return out if kwargs.get("skip_output_reshape") else out.transpose(1, 2).flatten(2)
 
 
-def call(hooks, perturb, q, k, v, grid, image_first=False, rows=(0,), labels=(0,), image_pad=0):
+def call(hooks, perturb, q, k, v, grid, image_first=False, rows=(0,), labels=(0,), image_pad=0, **kwargs):
     token = object()
     hook = hooks.DiTSelfAttention(token, perturb, [("double", 0)], None)
     to = {"block_type": "double", "block_index": 0, "cond_or_uncond": list(labels),
           hooks.MARK: {r: token for r in rows}, hooks.GRID: grid, hooks.IMAGE_FIRST: image_first,
           hooks.IMAGE_PAD: image_pad}
-    return hook(sdpa, q, k, v, q.shape[1], skip_reshape=True, transformer_options=to)
+    return hook(sdpa, q, k, v, q.shape[1], skip_reshape=True, transformer_options=to, **kwargs)
 
 
 def test_cross_attention_in_a_chosen_block_is_left_alone(hooks):
@@ -86,6 +86,20 @@ def test_padded_image_tokens_are_found_before_their_padding(hooks):
     torch.testing.assert_close(padded, torch.cat([last[:, :, :5], last[:, :, 7:], last[:, :, 5:7]], dim=2))
     unpadded = call(hooks, identity_perturbation, q, k, v, (1, 2, 3)).unflatten(2, (2, 4)).transpose(1, 2)
     assert not torch.allclose(padded, unpadded), "taking the last 6 tokens for the image must differ"
+
+
+def test_grouped_query_keys_get_every_head(hooks):
+    """enable_gqa (OmniGen2 on ComfyUI 0.33: here 2 key/value heads for 4 query heads): the perturbation and the
+    host's attention get the keys and values repeated per head, as enable_gqa computes them."""
+    from guidekit.nodes.pag import identity_perturbation
+    g = torch.Generator().manual_seed(4)
+    q = torch.randn(2, 4, 9, 8, generator=g)
+    k, v = torch.randn(2, 2, 9, 8, generator=g), torch.randn(2, 2, 9, 8, generator=g)
+    full = [t.repeat_interleave(2, dim=1) for t in (k, v)]
+    for rows in ((0,), (0, 1)):
+        grouped = call(hooks, identity_perturbation, q, k, v, (1, 2, 3), rows=rows, labels=(0, 1), enable_gqa=True)
+        torch.testing.assert_close(grouped, call(hooks, identity_perturbation, q, *full, (1, 2, 3), rows=rows,
+                                                 labels=(0, 1)))
 
 
 def test_video_grids_count_frames(hooks):

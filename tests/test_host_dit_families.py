@@ -13,34 +13,23 @@ from attention_nodes import RowCounter, assert_same_guidance, changed, pag, sag,
 
 pytestmark = pytest.mark.host
 
-# Lumina 2 and Z-Image are reached where ComfyUI names their blocks to the attention call (0.33 does, 0.3.75 does
-# not): there they run the battery, elsewhere they are refused with a hint to update (both hosts run in CI).
-LABELLED_BY_NEWER_HOSTS = ["lumina2", "zimage"]
-REACHED = ["wan21_t2v", "wan21_i2v", "wan22_t2v", "qwen_image", *LABELLED_BY_NEWER_HOSTS, "flux2", "hunyuan_video",
+# Lumina 2 / Z-Image, HiDream, OmniGen2 and Cosmos Predict2: ComfyUI neither names their blocks nor checks a
+# dit patch, so GuideKit names them by wrapping the blocks' forward for the length of each call.
+WRAPPED = ["lumina2", "zimage", "hidream", "omnigen2", "cosmos_predict2"]
+REACHED = ["wan21_t2v", "wan21_i2v", "wan22_t2v", "qwen_image", *WRAPPED, "flux2", "hunyuan_video",
            "hunyuan_video15", "hunyuan_image21", "ltxv", "mochi", "aura_flow", "chroma_radiance"]
-REFUSED = {"lumina2": "Lumina 2 / Z-Image", "zimage": "Lumina 2 / Z-Image", "hidream": "HiDream",
-           "omnigen2": "OmniGen2", "cosmos_predict2": "Cosmos Predict2"}
 STEPS = 3
-
-
-def host_labels(model) -> bool:
-    from guidekit.nodes import compat
-    return compat.labels_its_blocks(model.get_model_object("diffusion_model"))
 
 
 @pytest.fixture(scope="module")
 def built(thin):
-    """arch -> thin model; skips a family this ComfyUI lacks, or (`reached=True`) one it does not let us reach."""
     cache = {}
 
-    def get(arch, reached=True):
+    def get(arch):
         if thin.missing(arch):
             pytest.skip(f"this ComfyUI has no {thin.missing(arch)}")
         if arch not in cache:
             cache[arch] = thin.build(arch, std=0.1)
-        if arch in LABELLED_BY_NEWER_HOSTS and host_labels(cache[arch]) != reached:
-            pytest.skip(f"this ComfyUI {'does not name' if reached else 'names'} {arch}'s blocks to the attention "
-                        f"call: the {'refusal' if reached else 'battery'} runs instead")
         return cache[arch]
     return get
 
@@ -95,7 +84,9 @@ def test_seg_limits(thin, built, arch):
 
     def recorder(func, *args, **kwargs):
         to = kwargs["transformer_options"]
-        if to.get(MARK) and (to.get("block_type"), to.get("block_index")) == slot and args[0].shape == args[1].shape:
+        seq = 2 if kwargs.get("skip_reshape") else 1                # self-attention: as many keys as queries
+        if to.get(MARK) and (to.get("block_type"), to.get("block_index")) == slot and \
+                args[0].shape[seq] == args[1].shape[seq]:
             heads = args[3] if len(args) > 3 else kwargs["heads"]
             seen.append((args[0].clone(), to[GRID], to.get(IMAGE_FIRST), kwargs.get("skip_reshape", False), heads))
         return func(*args, **kwargs)
@@ -138,23 +129,58 @@ def test_layer_errors_list_the_models_layers_and_the_input_is_unchanged(thin, bu
     torch.testing.assert_close(run(thin, base, arch, steps=1), before)
 
 
-@pytest.mark.parametrize("arch", sorted(REFUSED))
-def test_unreachable_families_are_refused_with_the_reason(thin, built, arch):
-    base = built(arch, reached=False)
-    with pytest.raises(ValueError) as err:
-        pag(base)
-    message = str(err.value)
-    assert message.startswith("GuideKit PAG: this model") and REFUSED[arch] in message
-    assert "neither names its blocks" in message
-    if arch in LABELLED_BY_NEWER_HOSTS:
-        assert "update ComfyUI" in message
+@pytest.mark.parametrize("arch", WRAPPED)
+def test_wrapped_blocks_are_named_only_during_a_call(thin, built, arch):
+    """The forward wrappers exist only inside a model call GuideKit hooks: a run without GuideKit never sees
+    them, the call GuideKit hooks sees every layer named, and none is left after a run or a call that fails."""
+    from guidekit.nodes.layers import architecture
+    base = built(arch)
+    layers = architecture(base, "test").layers
+    dm = base.get_model_object("diffusion_model")
+    blocks = [b for _, attr in architecture(base, "test").wrapped for b in getattr(dm, attr)]
+    assert len(blocks) == len(layers) and all("forward" not in b.__dict__ for b in blocks)
+    seen, fail = [], []
+
+    def recorder(func, *args, **kwargs):
+        to = kwargs["transformer_options"]
+        seen.append(((to.get("block_type"), to.get("block_index")), any("forward" in b.__dict__ for b in blocks)))
+        if fail:
+            raise RuntimeError("a failing attention call")
+        return func(*args, **kwargs)
+    plain = base.clone()
+    plain.model_options.setdefault("transformer_options", {})["optimized_attention_override"] = recorder
+    run(thin, plain, arch, steps=1)
+    assert seen and not any(wrapped for _, wrapped in seen), "a run without GuideKit saw the wrappers"
+    seen.clear()
+    run(thin, seg(plain, blur_sigma=-1.0), arch, steps=1)           # SEG hands its queries on to `recorder`
+    assert set(layers) <= {label for label, wrapped in seen if wrapped}     # SEG's own call ("separate" on CPU)
+    assert all("forward" not in b.__dict__ for b in blocks)
+    fail.append(True)
+    with pytest.raises(RuntimeError, match="a failing attention call"):
+        run(thin, seg(plain), arch, steps=1)
+    assert all("forward" not in b.__dict__ for b in blocks)
+
+
+def test_families_the_override_cannot_reach_are_refused_with_the_reason(thin):
+    import comfy.ldm.hydit.models
+    import comfy.ldm.pixart.pixartms
+
+    from guidekit.nodes.layers import architecture_of
+    for cls, name in ((comfy.ldm.pixart.pixartms.PixArtMS, "PixArt"),
+                      (comfy.ldm.hydit.models.HunYuanDiT, "HunyuanDiT")):
+        dm = cls.__new__(cls)                                       # the class is all the table reads
+        with pytest.raises(ValueError) as err:
+            architecture_of(dm, "GuideKit PAG")
+        message = str(err.value)
+        assert message.startswith("GuideKit PAG: this model") and name in message
+        assert "without transformer_options" in message
 
 
 def test_z_image_padding_is_not_taken_for_image_tokens(thin, built):
     """Z-Image pads its image tokens to a multiple of 32: at 12x12 latents (36 tokens, 28 of padding after
     them) SEG with an infinite blur makes the 36 image queries constant and leaves the padding as it was.
-    The layer's input is the same in the plain batch and in SEG's pass (the layers before it are not
-    perturbed), so the plain call's conditional row is the reference (another batch size: allclose)."""
+    Batched, SEG's row shares the sampler's call with the conditional row, whose input to the layer is the
+    same (the layers before it are not perturbed): that row is the reference."""
     from guidekit.nodes.attention_hooks import GRID, MARK
     from guidekit.nodes.layers import architecture, parse_layers
     base = built("zimage")
@@ -165,19 +191,19 @@ def test_z_image_padding_is_not_taken_for_image_tokens(thin, built):
 
     def recorder(func, *args, **kwargs):
         to = kwargs["transformer_options"]
-        if (to.get("block_type"), to.get("block_index")) == slot and args[0].shape == args[1].shape:
-            seen.append((bool(to.get(MARK)), args[0].clone(), to.get(GRID), list(to.get("cond_or_uncond") or [])))
+        if to.get(MARK) and (to.get("block_type"), to.get("block_index")) == slot and args[0].shape == args[1].shape:
+            seen.append((args[0].clone(), to[GRID], list(to["cond_or_uncond"]), dict(to[MARK])))
         return func(*args, **kwargs)
     recorded = base.clone()
     recorded.model_options.setdefault("transformer_options", {})["optimized_attention_override"] = recorder
-    out = run(thin, seg(recorded, blur_sigma=-1.0, evaluation="separate"), "zimage", steps=1, height=12, width=12)
-    assert torch.isfinite(out).all()
-    marked = [(q, grid) for is_marked, q, grid, _ in seen if is_marked]
-    plain = [(q, labels) for is_marked, q, _, labels in seen if not is_marked]
-    assert len(marked) == 1 and len(plain) == 1, [(m, q.shape) for m, q, _, _ in seen]
-    (blurred, grid), (q, labels) = marked[0], plain[0]
-    reference = q[labels.index(0):labels.index(0) + 1]              # (1, heads, L, d): skip_reshape on NextDiT
-    assert grid == (1, 6, 6) and blurred.shape == reference.shape and blurred.shape[2] % 32 == 0
+    out = run(thin, seg(recorded, blur_sigma=-1.0, evaluation="batched"), "zimage", steps=1, height=12, width=12)
+    assert torch.isfinite(out).all() and len(seen) == 1
+    q, grid, labels, marks = seen[0]                                # (B, heads, L, d): skip_reshape on NextDiT
+    per_chunk = q.shape[0] // len(labels)
+    chunk = [j for j, label in enumerate(labels) if label in marks]
+    assert grid == (1, 6, 6) and q.shape[2] % 32 == 0 and len(chunk) == 1 and 0 in labels
+    blurred = q[chunk[0] * per_chunk:(chunk[0] + 1) * per_chunk]
+    reference = q[labels.index(0) * per_chunk:(labels.index(0) + 1) * per_chunk]
     image, before = blurred[:, :, -64:-28], reference[:, :, -64:-28]
     torch.testing.assert_close(image, image.mean(dim=2, keepdim=True).expand_as(image), rtol=1e-4, atol=1e-4)
     assert (before - before.mean(dim=2, keepdim=True)).abs().max() > 1e-2, "the image queries were constant already"
@@ -188,10 +214,11 @@ def test_z_image_padding_is_not_taken_for_image_tokens(thin, built):
 @pytest.mark.parametrize("arch", REACHED)
 def test_tsg_noises_the_time_embedding_of_every_family_that_has_one(thin, built, arch):
     """TSG's negative is the positive with t_emb + s·t^α·n on the uncond rows: it changes the sample. Chroma
-    Radiance (time through its modulation network) and LTX-Video (a (modulation, embedding) pair) are refused."""
+    Radiance (time through its modulation network), LTX-Video, OmniGen2 and Cosmos Predict2 (their time embedders
+    return pairs, not t_emb) are refused."""
     from guidekit.nodes.tsg import TimestepGuidanceGK
     base = built(arch)
-    if arch in ("chroma_radiance", "ltxv"):
+    if arch in ("chroma_radiance", "ltxv", "omnigen2", "cosmos_predict2"):
         with pytest.raises(ValueError, match="GuideKit TSG: input 'model' is a .*whose time embedding GuideKit cannot"):
             TimestepGuidanceGK.run(model=base)
         return
