@@ -4,10 +4,12 @@
 
 Side by side in one run, on thin-but-realistic models at realistic token counts (SD1.5 UNet at 512²
 = 4096 tokens in its top attention level; SDXL UNet at 1024², attention from 4096 tokens down; Flux
-at 1024² = 4096 image tokens): plain CFG, core PerturbedAttentionGuidance and SelfAttentionGuidance,
+at 1024² = 4096 image tokens; Wan 2.1 at 480×832 with 33 frames = 9×30×52 = 14,040 video tokens; Qwen-Image
+at 1024² = 4096 image tokens): plain CFG, core PerturbedAttentionGuidance and SelfAttentionGuidance (UNets),
 and GuideKit PAG (separate and batched), SEG, SAG, PAG in place of uncond, and PAG over 20-80 % of
-the schedule. Writes benchmarks/results/attention_overhead.json and prints the table. `--quick` is
-the seconds-long smoke version (tiny models and latents) that CI runs so the script cannot rot.
+the schedule. Writes benchmarks/results/attention_overhead.json (`--archs` runs some models and keeps the
+file's rows of the others) and prints the table. `--quick` is the seconds-long smoke version (tiny models
+and latents) that CI runs so the script cannot rot.
 """
 from __future__ import annotations
 
@@ -46,6 +48,17 @@ BENCH_MODELS = {
     "flux": (thin_models.comfy.supported_models.Flux, {
         **thin_models.SPECS["flux"].unet_config, "hidden_size": 256, "num_heads": 4, "depth": 2,
         "depth_single_blocks": 4, "axes_dim": [16, 24, 24], "context_in_dim": 256, "vec_in_dim": 64}, 256, 64, 128),
+}
+
+# DiT families at realistic token counts: (thin_models family, config overrides, (frames, height, width) latent)
+FAMILY_BENCH = {
+    "wan": ("wan21_t2v", {"dim": 256, "ffn_dim": 1024, "num_heads": 2, "num_layers": 2}, (9, 60, 104)),
+    "qwen_image": ("qwen_image", {"attention_head_dim": 128, "num_attention_heads": 2, "num_layers": 4,
+                                  "axes_dims_rope": (16, 56, 56)},
+                   (1, 128, 128)),
+    # 16 blocks: what is per layer (SAG's attention map of one layer) weighs as in a deeper model
+    "qwen_image_16": ("qwen_image", {"attention_head_dim": 128, "num_attention_heads": 2, "num_layers": 16,
+                                     "axes_dims_rope": (16, 56, 56)}, (1, 128, 128)),
 }
 
 METHODS = {
@@ -112,12 +125,18 @@ def sample(model, spec, size, steps, seed, cfg=4.0):
 
 
 def measure(model, spec, size, steps, repeats, cfg=4.0):
-    sample(model, spec, size, 1, seed=0, cfg=cfg)  # warm-up
+    """Median seconds per step and peak extra memory of sampling a BENCH_MODELS-style spec at `size`."""
+    return measure_run(model, lambda m, n, seed: sample(m, spec, size, n, seed=seed, cfg=cfg), steps, repeats)
+
+
+def measure_run(model, run, steps, repeats):
+    """Median seconds per step and peak extra memory of `run(model, steps, seed)` (one untimed warm-up step)."""
+    run(model, 1, 0)
     times, peaks = [], []
     for r in range(repeats):
         with PeakMemory(torch.device("cpu")) as mem:
             t0 = time.perf_counter()
-            out = sample(model, spec, size, steps, seed=r, cfg=cfg)
+            out = run(model, steps, r)
             times.append((time.perf_counter() - t0) / steps)
         peaks.append(mem.peak)
         assert torch.isfinite(out).all(), "non-finite output makes the timing meaningless"
@@ -131,6 +150,7 @@ def setup(doc: str, name: str, steps: int, steps_help: str, quick_steps: int | N
     p.add_argument("--steps", type=int, default=steps, help=steps_help)
     p.add_argument("--quick", action="store_true", help="smoke run: tiny models and latents, 1 repeat")
     p.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / f"{name}.json")
+    p.add_argument("--archs", nargs="+", help="only these models; the output file keeps its rows of the others")
     args = p.parse_args()
     torch.set_flush_denormal(True)
     if not args.quick:
@@ -141,19 +161,40 @@ def setup(doc: str, name: str, steps: int, steps_help: str, quick_steps: int | N
     return args, models, {"sd15": 16, "flux": 16}
 
 
+def family_runner(name: str, quick: bool):
+    """(patcher, run(model, steps, seed)) for a FAMILY_BENCH model (`quick`: its thin test size, 16² latents)."""
+    arch, overrides, (frames, height, width) = FAMILY_BENCH[name]
+    spec = thin_models.SPECS[arch]
+    if quick:
+        overrides, (frames, height, width) = {}, (2 if spec.video else 1, 16, 16)
+    base = thin_models.seeded_patcher(spec.config_class, {**spec.unet_config, **overrides}, seed=0)
+
+    def run(model, steps, seed):
+        return thin_models.sample(model, arch, seed=seed, steps=steps, cfg=4.0, height=height, width=width,
+                                  frames=frames if spec.frames is not None else None)
+    return base, run, (f"{frames}x{height}x{width}" if spec.video else f"{height}x{width}")
+
+
 def main() -> None:
     args, models, sizes = setup(__doc__, "attention_overhead", 5, "steps per timed run (the 20-80 %% range needs ≥ 5)")
+    chosen = args.archs or [*models, *FAMILY_BENCH]
     rows = []
-    for arch, spec in models.items():
-        base = thin_models.seeded_patcher(spec[0], spec[1], seed=0)
+    for arch in chosen:
+        if arch in FAMILY_BENCH:
+            base, run, latent = family_runner(arch, args.quick)
+        else:
+            spec = models[arch]
+            base = thin_models.seeded_patcher(spec[0], spec[1], seed=0)
+            run, latent = (lambda m, steps, seed, spec=spec, size=sizes[arch]: sample(m, spec, size, steps, seed),
+                           f"{sizes[arch]}x{sizes[arch]}")
         params = sum(t.numel() for t in base.model.diffusion_model.parameters())
         for method, make in METHODS.items():
-            if method.startswith("core") and arch == "flux":
+            if method.startswith("core") and arch not in ("sd15", "sdxl"):
                 continue            # core PAG/SAG patch UNet attn1 only: a silent no-op on DiTs
-            sec, peak = measure(make(base), spec, sizes[arch], args.steps, args.repeats)
-            rows.append({"arch": arch, "params": params, "latent": f"{sizes[arch]}x{sizes[arch]}", "method": method,
+            sec, peak = measure_run(make(base), run, args.steps, args.repeats)
+            rows.append({"arch": arch, "params": params, "latent": latent, "method": method,
                          "step_s": sec, "peak_mb": peak / 2 ** 20})
-            print(f"{arch:5} {method:24} {sec * 1e3:9.1f} ms  {peak / 2 ** 20:8.1f} MB", flush=True)
+            print(f"{arch:10} {method:24} {sec * 1e3:9.1f} ms  {peak / 2 ** 20:8.1f} MB", flush=True)
     report(rows, args, "attention_overhead", cfg=4.0)
 
 
@@ -163,13 +204,16 @@ def report(rows: list[dict], args, benchmark: str, **meta) -> None:
         base = next(c for c in rows if c["arch"] == r["arch"] and c["method"] == "cfg")
         r["ratio_to_cfg"] = r["step_s"] / base["step_s"]
     width = max(len(r["method"]) for r in rows)
-    print(f"\n{'arch':5} {'latent':>8} {'method':{width}} {'step (ms)':>10} {'× CFG':>7} {'peak MB':>8}")
+    print(f"\n{'arch':10} {'latent':>8} {'method':{width}} {'step (ms)':>10} {'× CFG':>7} {'peak MB':>8}")
     for r in rows:
-        print(f"{r['arch']:5} {r['latent']:>8} {r['method']:{width}} {r['step_s'] * 1e3:10.1f} "
+        print(f"{r['arch']:10} {r['latent']:>8} {r['method']:{width}} {r['step_s'] * 1e3:10.1f} "
               f"{r['ratio_to_cfg']:7.2f} {r['peak_mb']:8.1f}")
     if args.quick:
         print("quick run: results not written")
         return
+    if getattr(args, "archs", None) and args.out.is_file():      # a partial run keeps the other models' rows
+        ran = {r["arch"] for r in rows}
+        rows = [r for r in json.loads(args.out.read_text())["rows"] if r["arch"] not in ran] + rows
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({
         "benchmark": benchmark, "device": "cpu", "threads": torch.get_num_threads(),

@@ -1,8 +1,8 @@
 """The shared host adapter: perturb chosen self-attention layers on chosen batch rows of a model call.
 
 A perturbation sees (B, heads, L, d) queries, keys and values plus the image-token grid (frames, h, w) (image
-tokens are the last frames·h·w of L: families that put them first, or pad them (Z-Image), are reordered for
-it and back) and returns
+tokens are the last frames·h·w of L: families that put them first, pad them (Z-Image) or follow them with
+reference-image tokens (Flux Kontext, Qwen-Image Edit) are reordered for it and back) and returns
 the attention output, or new (q, k, v) for the host's own attention to run on (so masks, precision and fast
 kernels stay the host's), or None to leave the rows be. On DiTs only self-attention is perturbed: calls whose
 keys are as many as the queries and hold the image grid (cross-attention to text or reference images is not).
@@ -15,6 +15,7 @@ running on every other row: UNet attn1 replace patches and the DiT attention ove
 """
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable
 
 import comfy.patcher_extension
@@ -28,6 +29,7 @@ MARK = "guidekit_rows"
 GRID = "guidekit_grid"
 IMAGE_FIRST = "guidekit_image_first"         # the family puts image tokens before text in joint attention
 IMAGE_PAD = "guidekit_image_pad"             # the family pads image tokens to a multiple of this (0: none)
+IMAGE_TAIL = "guidekit_image_tail"           # reference-image tokens after the image (Flux Kontext, Qwen Edit)
 
 Grid = tuple[int, int, int]          # image tokens as (frames, height, width); images have 1 frame
 Perturbation = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, Grid],
@@ -60,10 +62,10 @@ def install(model_options: dict, arch: Architecture, layers: Iterable[Layer], to
             key = (keys[layer[0]], layer[1])
             dit[key] = BlockLabel(layer, dit.get(key))
         replace["dit"] = dit
-    if arch.wrapped:                # … and those that check no dit patch either: name them for this call
+    if arch.wrapped or arch.refs_after:     # blocks to name, reference tokens to count: per call
         wrappers = {kind: dict(by_key) for kind, by_key in to.get("wrappers", {}).items()}
         apply_model = wrappers.setdefault(comfy.patcher_extension.WrappersMP.APPLY_MODEL, {})
-        apply_model.setdefault(BlockForwardLabels.KEY, [BlockForwardLabels(arch.wrapped)])
+        apply_model.setdefault(CallContext.KEY, [CallContext(arch)])
         to["wrappers"] = wrappers
     return mo
 
@@ -75,12 +77,12 @@ def image_grid(arch: Architecture, latent_shape: torch.Size) -> Grid:
     return frames, -(-latent_shape[-2] // ph), -(-latent_shape[-1] // pw)
 
 
-def image_start(length: int, n_image: int, first: bool, pad_multiple: int = 0) -> int:
-    """Where the n_image image tokens start in a self-attention sequence of `length` tokens: at 0, or
-    before the padding that rounds them up to a multiple of `pad_multiple`, at the end."""
+def image_start(length: int, n_image: int, first: bool, pad_multiple: int = 0, tail: int = 0) -> int:
+    """Where the n_image image tokens start in a self-attention sequence of `length` tokens: at 0, or at the
+    end before the padding that rounds them up to a multiple of `pad_multiple` and `tail` reference tokens."""
     if first:
         return 0
-    return length - n_image - ((-n_image) % pad_multiple if pad_multiple > 1 else 0)
+    return length - n_image - ((-n_image) % pad_multiple if pad_multiple > 1 else 0) - tail
 
 
 def _image_last(tensors, start: int, n_image: int):
@@ -219,7 +221,8 @@ class DiTSelfAttention:
             split = [t[rows] for t in (q, k, v)]
         else:
             split = [_heads_first(t[rows], heads) for t in (q, k, v)]
-        start = image_start(q.shape[seq], n_image, to.get(IMAGE_FIRST, False), to.get(IMAGE_PAD, 0))
+        start = image_start(q.shape[seq], n_image, to.get(IMAGE_FIRST, False), to.get(IMAGE_PAD, 0),
+                            to.get(IMAGE_TAIL, 0))
         out = self.perturb(*_image_last(split, start, n_image), grid)
         if out is None:
             return self.default(func, *args, **kwargs)
@@ -258,25 +261,31 @@ class BlockLabel:
         return extra["original_block"](args)
 
 
-class BlockForwardLabels:
-    """APPLY_MODEL wrapper for families whose blocks ComfyUI neither names to the attention call nor lets a dit
-    patch replace: for the length of one model call each block's forward is wrapped (an instance attribute,
-    removed afterwards, whatever happens) so that it passes its (place, index) in transformer_options."""
-    KEY = "guidekit_block_labels"
+class CallContext:
+    """APPLY_MODEL wrapper: what the hooks learn from one model call itself. Reference latents (Flux Kontext,
+    Qwen-Image Edit) become tokens after the image: their count goes to transformer_options[IMAGE_TAIL]. For
+    families whose blocks ComfyUI neither names to the attention call nor lets a dit patch replace, each
+    block's forward is wrapped for the length of the call (an instance attribute, removed afterwards,
+    whatever happens) so that it passes its (place, index) in transformer_options."""
+    KEY = "guidekit_call_context"
 
-    def __init__(self, stacks: tuple[tuple[str, str], ...]):
-        self.stacks = stacks
+    def __init__(self, arch: Architecture):
+        self.arch = arch
 
-    def __call__(self, executor, *args, **kwargs):
+    def __call__(self, executor, x, t, c_concat=None, c_crossattn=None, control=None, transformer_options=None,
+                 **kwargs):
+        to = dict(transformer_options or {})
+        if self.arch.refs_after:
+            to[IMAGE_TAIL] = sum(math.prod(image_grid(self.arch, ref.shape)) for ref in kwargs.get("ref_latents") or ())
         dm = executor.class_obj.diffusion_model
         wrapped = []
         try:
-            for place, attr in self.stacks:
+            for place, attr in self.arch.wrapped:
                 for index, block in enumerate(getattr(dm, attr)):
                     before = block.__dict__.get("forward")
                     block.forward = _labelled_forward(block, (place, index), before)
                     wrapped.append((block, before))
-            return executor(*args, **kwargs)
+            return executor(x, t, c_concat, c_crossattn, control, to, **kwargs)
         finally:
             for block, before in wrapped:
                 if before is None:

@@ -35,6 +35,7 @@ class Architecture:
     image_pad: int = 0          # the image tokens are padded to a multiple of this (0: not padded)
     dit_keys: tuple[tuple[str, str], ...] = ()   # place → patches_replace["dit"] key: GuideKit labels blocks
     wrapped: tuple[tuple[str, str], ...] = ()    # (place, block list) GuideKit labels by wrapping for one call
+    refs_after: bool = False    # reference latents (Kontext / Edit) become tokens after the image tokens
 
     @property
     def patch_size(self) -> int:
@@ -56,13 +57,14 @@ class Family:
     image_pad: str = ""                         # attribute: image tokens padded to a multiple of it (Z-Image)
     wrap: bool = False                          # ComfyUI neither names the blocks nor checks a dit patch: GuideKit
                                                 # wraps their forward for the length of a model call to name them
+    refs_after: bool = False                    # reference latents are appended after the image tokens
     accepts: Callable[[object], bool] = lambda dm: True
 
 
 FAMILIES: tuple[Family, ...] = (
     Family("unet", "UNet (SD1.x, SD2.x, SDXL)", ("UNetModel",), time_embedder="time_embed"),
     Family("flux", "Flux / Flux 2 / Chroma / Chroma Radiance", ("Flux", "Chroma"),
-           (("double", "double_blocks"), ("single", "single_blocks")), time_embedder="time_in",
+           (("double", "double_blocks"), ("single", "single_blocks")), time_embedder="time_in", refs_after=True,
            accepts=lambda dm: not any(getattr(b, "flipped_img_txt", False) for b in dm.double_blocks)),
     Family("mmdit", "SD3 / SD3.5 (MMDiT)", ("diffusionmodules.mmdit.MMDiT",), (("joint", "joint_blocks"),),
            dit_keys=(("joint", "double_block"),), time_embedder="t_embedder"),
@@ -77,7 +79,7 @@ FAMILIES: tuple[Family, ...] = (
     Family("cosmos_predict2", "Cosmos Predict2", ("MiniTrainDIT",), (("block", "blocks"),), image="only",
            patch=(1, 2, 2), wrap=True),                           # t_embedder gives a (t_emb, adaLN-LoRA) pair
     Family("qwen_image", "Qwen-Image", ("QwenImageTransformer2DModel",), (("double", "transformer_blocks"),),
-           patch=(1, 2, 2), time_embedder="time_text_embed"),
+           patch=(1, 2, 2), time_embedder="time_text_embed", refs_after=True),
     Family("hunyuan_video", "HunyuanVideo / 1.5, HunyuanImage 2.1", ("HunyuanVideo",),
            (("double", "double_blocks"), ("single", "single_blocks")),
            image=lambda dm: "first" if compat.image_tokens_first(dm.double_blocks[0]) else "last",
@@ -140,7 +142,8 @@ def architecture_of(dm, node: str) -> Architecture:
         image = family.image(dm) if callable(family.image) else family.image
         pad = int(getattr(dm, family.image_pad, None) or 0) if family.image_pad else 0
         return Architecture(family.id, name, tuple(layers), family.patch or _patch(dm), middle, middle,
-                            image == "first", pad, family.dit_keys, family.stacks if family.wrap else ())
+                            image == "first", pad, family.dit_keys, family.stacks if family.wrap else (),
+                            family.refs_after)
     supported = ", ".join(f.name for f in FAMILIES)
     why = (f" ({UNREACHABLE[name]}: ComfyUI calls its attention without transformer_options, so no attention "
            "override reaches it)" if name in UNREACHABLE else "")

@@ -176,39 +176,71 @@ def test_families_the_override_cannot_reach_are_refused_with_the_reason(thin):
         assert "without transformer_options" in message
 
 
-def test_z_image_padding_is_not_taken_for_image_tokens(thin, built):
-    """Z-Image pads its image tokens to a multiple of 32: at 12x12 latents (36 tokens, 28 of padding after
-    them) SEG with an infinite blur makes the 36 image queries constant and leaves the padding as it was.
-    Batched, SEG's row shares the sampler's call with the conditional row, whose input to the layer is the
-    same (the layers before it are not perturbed): that row is the reference."""
+def seg_queries_of_one_batched_call(thin, base, arch, height=16, width=16, extra=None):
+    """(SEG's blurred queries, the conditional row's queries, grid) at the default layer in one batched sampler
+    call (infinite blur): the conditional row's input to that layer is SEG's (the layers before it are not
+    perturbed), so its queries are what SEG's were before the blur. `extra`: more conditioning keys."""
+    import comfy.sample
     from guidekit.nodes.attention_hooks import GRID, MARK
     from guidekit.nodes.layers import architecture, parse_layers
-    base = built("zimage")
-    arch_info = architecture(base, "test")
-    assert arch_info.image_pad == 32
-    slot = parse_layers("default", arch_info, "test")[0]
+    slot = parse_layers("default", architecture(base, "test"), "test")[0]
     seen = []
 
     def recorder(func, *args, **kwargs):
         to = kwargs["transformer_options"]
-        if to.get(MARK) and (to.get("block_type"), to.get("block_index")) == slot and args[0].shape == args[1].shape:
-            seen.append((args[0].clone(), to[GRID], list(to["cond_or_uncond"]), dict(to[MARK])))
+        seq = 2 if kwargs.get("skip_reshape") else 1
+        if to.get(MARK) and (to.get("block_type"), to.get("block_index")) == slot and \
+                args[0].shape[seq] == args[1].shape[seq]:
+            q = args[0] if kwargs.get("skip_reshape") else args[0].unflatten(-1, (args[3], -1)).transpose(1, 2)
+            seen.append((q.clone(), to[GRID], list(to["cond_or_uncond"]), dict(to[MARK])))
         return func(*args, **kwargs)
     recorded = base.clone()
     recorded.model_options.setdefault("transformer_options", {})["optimized_attention_override"] = recorder
-    out = run(thin, seg(recorded, blur_sigma=-1.0, evaluation="batched"), "zimage", steps=1, height=12, width=12)
-    assert torch.isfinite(out).all() and len(seen) == 1
-    q, grid, labels, marks = seen[0]                                # (B, heads, L, d): skip_reshape on NextDiT
+    latent = torch.zeros(thin.latent_shape(arch, 1, height, width))
+    conds = [thin.conditioning(arch, 1, seed=s, height=height, width=width) for s in (1, 2)]
+    for cond in conds:
+        cond[0][1].update(extra or {})
+    out = comfy.sample.sample(seg(recorded, blur_sigma=-1.0, evaluation="batched"), torch.randn(latent.shape),
+                              1, 4.0, "euler", "normal", *conds, latent, seed=0, disable_pbar=True)
+    assert torch.isfinite(out).all() and len(seen) == 1, len(seen)
+    q, grid, labels, marks = seen[0]                                # (B, heads, L, d)
     per_chunk = q.shape[0] // len(labels)
     chunk = [j for j, label in enumerate(labels) if label in marks]
-    assert grid == (1, 6, 6) and q.shape[2] % 32 == 0 and len(chunk) == 1 and 0 in labels
-    blurred = q[chunk[0] * per_chunk:(chunk[0] + 1) * per_chunk]
-    reference = q[labels.index(0) * per_chunk:(labels.index(0) + 1) * per_chunk]
-    image, before = blurred[:, :, -64:-28], reference[:, :, -64:-28]
+    assert len(chunk) == 1 and 0 in labels
+    return (q[chunk[0] * per_chunk:(chunk[0] + 1) * per_chunk],
+            q[labels.index(0) * per_chunk:(labels.index(0) + 1) * per_chunk], grid)
+
+
+def assert_only_the_image_span_blurred(blurred, reference, start, n):
+    """Image queries [start, start + n) constant (and not before the blur); every other token as it was."""
+    image, before = blurred[:, :, start:start + n], reference[:, :, start:start + n]
     torch.testing.assert_close(image, image.mean(dim=2, keepdim=True).expand_as(image), rtol=1e-4, atol=1e-4)
     assert (before - before.mean(dim=2, keepdim=True)).abs().max() > 1e-2, "the image queries were constant already"
-    torch.testing.assert_close(blurred[:, :, -28:], reference[:, :, -28:], rtol=1e-4, atol=1e-5)   # the padding
-    torch.testing.assert_close(blurred[:, :, :-64], reference[:, :, :-64], rtol=1e-4, atol=1e-5)   # the text
+    torch.testing.assert_close(blurred[:, :, start + n:], reference[:, :, start + n:], rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(blurred[:, :, :start], reference[:, :, :start], rtol=1e-4, atol=1e-5)
+
+
+def test_z_image_padding_is_not_taken_for_image_tokens(thin, built):
+    """Z-Image pads its image tokens to a multiple of 32: at 12x12 latents 36 image tokens, then 28 of padding."""
+    from guidekit.nodes.layers import architecture
+    base = built("zimage")
+    assert architecture(base, "test").image_pad == 32
+    blurred, reference, grid = seg_queries_of_one_batched_call(thin, base, "zimage", height=12, width=12)
+    assert grid == (1, 6, 6) and blurred.shape[2] % 32 == 0
+    assert_only_the_image_span_blurred(blurred, reference, blurred.shape[2] - 64, 36)
+
+
+@pytest.mark.parametrize("arch, ref_shape", [("flux", (1, 16, 8, 8)), ("flux2", (1, 128, 8, 8)),
+                                             ("qwen_image", (1, 16, 1, 8, 8))])
+def test_reference_image_tokens_are_not_taken_for_image_tokens(thin, built, arch, ref_shape):
+    """Flux Kontext / Flux 2 and Qwen-Image Edit append a reference latent's tokens after the image tokens
+    ([text, image, reference]): the image grid is the sampled latent's, the reference tokens are left alone."""
+    base = thin.build(arch, std=0.1) if arch == "flux" else built(arch)
+    ref = torch.randn(ref_shape, generator=torch.Generator().manual_seed(5))
+    blurred, reference, grid = seg_queries_of_one_batched_call(thin, base, arch, extra={"reference_latents": [ref]})
+    n_ref = 16 if arch != "flux2" else 64                           # patch 2 (Flux, Qwen), patch 1 (Flux 2)
+    n = grid[0] * grid[1] * grid[2]
+    assert_only_the_image_span_blurred(blurred, reference, blurred.shape[2] - n_ref - n, n)
 
 
 @pytest.mark.parametrize("arch", REACHED)
