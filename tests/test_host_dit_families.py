@@ -181,6 +181,7 @@ def seg_queries_of_one_batched_call(thin, base, arch, height=16, width=16, extra
     call (infinite blur): the conditional row's input to that layer is SEG's (the layers before it are not
     perturbed), so its queries are what SEG's were before the blur. `extra`: more conditioning keys."""
     import comfy.sample
+
     from guidekit.nodes.attention_hooks import GRID, MARK
     from guidekit.nodes.layers import architecture, parse_layers
     slot = parse_layers("default", architecture(base, "test"), "test")[0]
