@@ -62,7 +62,7 @@ def install(model_options: dict, arch: Architecture, layers: Iterable[Layer], to
             key = (keys[layer[0]], layer[1])
             dit[key] = BlockLabel(layer, dit.get(key))
         replace["dit"] = dit
-    if arch.wrapped or arch.refs_after:     # blocks to name, reference tokens to count: per call
+    if arch.wrapped or arch.refs_after is not None:     # blocks to name, reference tokens to count: per call
         wrappers = {kind: dict(by_key) for kind, by_key in to.get("wrappers", {}).items()}
         apply_model = wrappers.setdefault(comfy.patcher_extension.WrappersMP.APPLY_MODEL, {})
         apply_model.setdefault(CallContext.KEY, [CallContext(arch)])
@@ -275,9 +275,10 @@ class CallContext:
     def __call__(self, executor, x, t, c_concat=None, c_crossattn=None, control=None, transformer_options=None,
                  **kwargs):
         to = dict(transformer_options or {})
-        if self.arch.refs_after:
-            to[IMAGE_TAIL] = sum(math.prod(image_grid(self.arch, ref.shape)) for ref in kwargs.get("ref_latents") or ())
         dm = executor.class_obj.diffusion_model
+        refs = kwargs.get("ref_latents") or ()
+        if self.arch.refs_after is not None and refs and self.arch.refs_after(dm, kwargs):
+            to[IMAGE_TAIL] = sum(math.prod(image_grid(self.arch, ref.shape[:2] + ref.shape[-2:])) for ref in refs)
         wrapped = []
         try:
             for place, attr in self.arch.wrapped:

@@ -18,6 +18,17 @@ from comfy.ldm.modules.attention import SpatialTransformer
 from . import compat
 
 Layer = tuple   # ("input" | "middle" | "output", id, index) or ("double" | "single" | "joint", index)
+RefsUsed = Callable[[object, dict], bool]
+
+
+def always(dm, kwargs: dict) -> bool:
+    """Flux, Flux 2, Qwen-Image: every reference latent of the call is appended after the image tokens."""
+    return True
+
+
+def with_ref_method(dm, kwargs: dict) -> bool:
+    """Krea 2 appends reference latents only when the call or the model names a reference method."""
+    return kwargs.get("ref_latents_method", getattr(dm, "default_ref_method", None)) is not None
 
 PLACE_ALIASES = {"in": "input", "mid": "middle", "out": "output", "down": "input", "up": "output"}
 
@@ -35,7 +46,7 @@ class Architecture:
     image_pad: int = 0          # the image tokens are padded to a multiple of this (0: not padded)
     dit_keys: tuple[tuple[str, str], ...] = ()   # place → patches_replace["dit"] key: GuideKit labels blocks
     wrapped: tuple[tuple[str, str], ...] = ()    # (place, block list) GuideKit labels by wrapping for one call
-    refs_after: bool = False    # reference latents (Kontext / Edit) become tokens after the image tokens
+    refs_after: RefsUsed | None = None   # (model, call kwargs) → the call's reference latents follow the image
 
     @property
     def patch_size(self) -> int:
@@ -57,14 +68,14 @@ class Family:
     image_pad: str = ""                         # attribute: image tokens padded to a multiple of it (Z-Image)
     wrap: bool = False                          # ComfyUI neither names the blocks nor checks a dit patch: GuideKit
                                                 # wraps their forward for the length of a model call to name them
-    refs_after: bool = False                    # reference latents are appended after the image tokens
+    refs_after: RefsUsed | None = None          # reference latents become tokens after the image, when this says
     accepts: Callable[[object], bool] = lambda dm: True
 
 
 FAMILIES: tuple[Family, ...] = (
     Family("unet", "UNet (SD1.x, SD2.x, SDXL)", ("UNetModel",), time_embedder="time_embed"),
     Family("flux", "Flux / Flux 2 / Chroma / Chroma Radiance", ("Flux", "Chroma"),
-           (("double", "double_blocks"), ("single", "single_blocks")), time_embedder="time_in", refs_after=True,
+           (("double", "double_blocks"), ("single", "single_blocks")), time_embedder="time_in", refs_after=always,
            accepts=lambda dm: not any(getattr(b, "flipped_img_txt", False) for b in dm.double_blocks)),
     Family("mmdit", "SD3 / SD3.5 (MMDiT)", ("diffusionmodules.mmdit.MMDiT",), (("joint", "joint_blocks"),),
            dit_keys=(("joint", "double_block"),), time_embedder="t_embedder"),
@@ -79,11 +90,15 @@ FAMILIES: tuple[Family, ...] = (
     Family("cosmos_predict2", "Cosmos Predict2", ("MiniTrainDIT",), (("block", "blocks"),), image="only",
            patch=(1, 2, 2), wrap=True),                           # t_embedder gives a (t_emb, adaLN-LoRA) pair
     Family("qwen_image", "Qwen-Image", ("QwenImageTransformer2DModel",), (("double", "transformer_blocks"),),
-           patch=(1, 2, 2), time_embedder="time_text_embed", refs_after=True),
+           patch=(1, 2, 2), time_embedder="time_text_embed", refs_after=always),
     Family("hunyuan_video", "HunyuanVideo / 1.5, HunyuanImage 2.1", ("HunyuanVideo",),
            (("double", "double_blocks"), ("single", "single_blocks")),
            image=lambda dm: "first" if compat.image_tokens_first(dm.double_blocks[0]) else "last",
            time_embedder="time_in"),
+    Family("kandinsky5", "Kandinsky 5 (video, image)", ("Kandinsky5",), (("double", "visual_transformer_blocks"),),
+           image="only", time_embedder="time_embeddings"),
+    Family("krea2", "Krea 2", ("krea2.model.SingleStreamDiT",), (("single", "blocks"),), patch=(1, 2, 2),
+           time_embedder="tmlp", refs_after=with_ref_method),
     Family("mochi", "Mochi", ("AsymmDiTJoint",), (("block", "blocks"),), dit_keys=(("block", "double_block"),),
            image="first", patch=(1, 2, 2), time_embedder="t_embedder"),
     Family("ltxv", "LTX-Video", ("LTXVModel",), (("block", "transformer_blocks"),),

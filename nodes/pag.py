@@ -28,7 +28,7 @@ class PerturbedAttentionGuidanceGK(GuideKitNode):
             description="Perturbed-Attention Guidance: guide away from a pass whose chosen self-attention maps "
                         "are replaced by the identity. UNets (SD1.x/SDXL) and DiTs: SD3, Flux, Flux 2, Chroma, Wan, "
                         "Qwen-Image, Lumina 2 / Z-Image, HiDream, OmniGen2, Cosmos Predict2, HunyuanVideo, LTX-Video, "
-                        "Mochi, AuraFlow.",
+                        "Mochi, AuraFlow, Kandinsky 5, Krea 2.",
             inputs=[
                 io.Model.Input("model",
                                tooltip="The model to guide (a patched copy is returned; this one is unchanged)."),

@@ -17,7 +17,8 @@ pytestmark = pytest.mark.host
 # dit patch, so GuideKit names them by wrapping the blocks' forward for the length of each call.
 WRAPPED = ["lumina2", "zimage", "hidream", "omnigen2", "cosmos_predict2"]
 REACHED = ["wan21_t2v", "wan21_i2v", "wan22_t2v", "qwen_image", *WRAPPED, "flux2", "hunyuan_video",
-           "hunyuan_video15", "hunyuan_image21", "ltxv", "mochi", "aura_flow", "chroma_radiance"]
+           "hunyuan_video15", "hunyuan_image21", "ltxv", "mochi", "aura_flow", "chroma_radiance",
+           "kandinsky5", "kandinsky5_image", "krea2"]           # Kandinsky 5, Krea 2: ComfyUI 0.33 and later
 STEPS = 3
 
 
@@ -231,15 +232,19 @@ def test_z_image_padding_is_not_taken_for_image_tokens(thin, built):
     assert_only_the_image_span_blurred(blurred, reference, blurred.shape[2] - 64, 36)
 
 
-@pytest.mark.parametrize("arch, ref_shape", [("flux", (1, 16, 8, 8)), ("flux2", (1, 128, 8, 8)),
-                                             ("qwen_image", (1, 16, 1, 8, 8))])
-def test_reference_image_tokens_are_not_taken_for_image_tokens(thin, built, arch, ref_shape):
-    """Flux Kontext / Flux 2 and Qwen-Image Edit append a reference latent's tokens after the image tokens
-    ([text, image, reference]): the image grid is the sampled latent's, the reference tokens are left alone."""
+@pytest.mark.parametrize("arch, ref_shape, extra", [
+    ("flux", (1, 16, 8, 8), {}), ("flux2", (1, 128, 8, 8), {}), ("qwen_image", (1, 16, 1, 8, 8), {}),
+    ("krea2", (1, 16, 1, 8, 8), {"reference_latents_method": "index"}),
+    ("krea2", (1, 16, 1, 8, 8), {})])                               # Krea 2 without a method: references unused
+def test_reference_image_tokens_are_not_taken_for_image_tokens(thin, built, arch, ref_shape, extra):
+    """Flux Kontext / Flux 2, Qwen-Image Edit and Krea 2 append a reference latent's tokens after the image
+    tokens ([text, image, reference]): the image grid is the sampled latent's, the reference tokens are left
+    alone; where the model ignores the reference (Krea 2 with no reference method) there are none to skip."""
     base = thin.build(arch, std=0.1) if arch == "flux" else built(arch)
     ref = torch.randn(ref_shape, generator=torch.Generator().manual_seed(5))
-    blurred, reference, grid = seg_queries_of_one_batched_call(thin, base, arch, extra={"reference_latents": [ref]})
-    n_ref = 16 if arch != "flux2" else 64                           # patch 2 (Flux, Qwen), patch 1 (Flux 2)
+    blurred, reference, grid = seg_queries_of_one_batched_call(thin, base, arch,
+                                                               extra={"reference_latents": [ref], **extra})
+    n_ref = 0 if arch == "krea2" and not extra else 64 if arch == "flux2" else 16   # patch 1 on Flux 2, else 2
     n = grid[0] * grid[1] * grid[2]
     assert_only_the_image_span_blurred(blurred, reference, blurred.shape[2] - n_ref - n, n)
 

@@ -125,6 +125,10 @@ LUMINA = {"image_model": "lumina2", "patch_size": 2, "in_channels": 16, "dim": 6
           "ffn_dim_multiplier": 4.0, "norm_eps": 1e-5, "qk_norm": True, "axes_dims": [8, 12, 12],
           "axes_lens": [300, 512, 512], "rope_theta": 10000.0}
 
+KANDINSKY5 = {"image_model": "kandinsky5", "in_visual_dim": 16, "out_visual_dim": 16, "in_text_dim": TEXT,
+              "in_text_dim2": TEXT, "time_dim": 32, "model_dim": 64, "ff_dim": 128, "visual_embed_dim": 132,
+              "patch_size": (1, 2, 2), "num_text_blocks": 1, "num_visual_blocks": 2, "axes_dims": (8, 12, 12)}
+
 LUMINA_BLOCKS = ("context_refiner", "noise_refiner", "layers")
 FLUX_BLOCKS = ("double_blocks", "single_blocks")
 
@@ -232,6 +236,19 @@ FAMILY_SPECS: dict[str, ThinSpec] = {
         "hidden_dim": 64, "n_layers": 1, "nerf_hidden_size": 16, "nerf_mlp_ratio": 4, "nerf_depth": 2,
         "nerf_max_freqs": 8, "nerf_tile_size": 512, "nerf_final_head_type": "conv",
         "nerf_embedder_dtype": torch.float32}, 3, "ChromaRadiance", (*FLUX_BLOCKS, "nerf_blocks")),
+    # Kandinsky 5 (ComfyUI 0.33+): text encoder blocks, then visual blocks with self-attention over the video tokens
+    # and cross-attention to the text; the video model takes latent + first-frame image + mask channels (33 = 132/4).
+    "kandinsky5": _family("kandinsky5", "Kandinsky5", KANDINSKY5, 16, "Kandinsky5", ("visual_transformer_blocks",),
+                          pooled_dim=TEXT, video=True),
+    # Kandinsky 5 image: the same blocks on Flux-format 2-D latents (no concat channels).
+    "kandinsky5_image": _family("kandinsky5_image", "Kandinsky5Image", {**KANDINSKY5, "visual_embed_dim": 64}, 16,
+                                "Kandinsky5", ("visual_transformer_blocks",), pooled_dim=TEXT),
+    # Krea 2 (ComfyUI 0.33+): one stream of [text, image] single blocks with grouped-query attention, a text
+    # fusion transformer over the encoder's layer stack; the Wan 2.1 latent format, so (B, 16, 1, H, W).
+    "krea2": _family("krea2", "Krea2", {
+        "image_model": "krea2", "features": 64, "tdim": 32, "txtdim": TEXT, "heads": 2, "kvheads": 1,
+        "multiplier": 2, "layers": 2, "patch": 2, "channels": 16, "txtlayers": 1, "txtheads": 2, "txtkvheads": 2},
+        16, "SingleStreamDiT", ("blocks",), frames=1),
 }
 FAMILIES = tuple(FAMILY_SPECS)
 SPECS.update(FAMILY_SPECS)
