@@ -23,12 +23,11 @@ import torch
 from comfy.ldm.modules.attention import optimized_attention
 
 from ..guidance.blur import token_grid
+from . import compat
 from .layers import Architecture, Layer
 
 MARK = "guidekit_rows"
 GRID = "guidekit_grid"
-IMAGE_FIRST = "guidekit_image_first"         # the family puts image tokens before text in joint attention
-IMAGE_PAD = "guidekit_image_pad"             # the family pads image tokens to a multiple of this (0: none)
 IMAGE_TAIL = "guidekit_image_tail"           # reference-image tokens after the image (Flux Kontext, Qwen Edit)
 
 Grid = tuple[int, int, int]          # image tokens as (frames, height, width); images have 1 frame
@@ -52,10 +51,8 @@ def install(model_options: dict, arch: Architecture, layers: Iterable[Layer], to
         replace["attn1"] = attn1
         return mo
     to[GRID] = grid
-    to[IMAGE_FIRST] = arch.image_first
-    to[IMAGE_PAD] = arch.image_pad
     to["optimized_attention_override"] = DiTSelfAttention(token, perturb, layers,
-                                                          to.get("optimized_attention_override"))
+                                                          to.get("optimized_attention_override"), arch)
     if arch.dit_keys:               # families whose blocks are not named to the attention call: label them
         dit, keys = dict(replace.get("dit", {})), dict(arch.dit_keys)
         for layer in layers:
@@ -127,11 +124,6 @@ def _heads_first(t: torch.Tensor, heads: int) -> torch.Tensor:
     return t.reshape(t.shape[0], t.shape[1], heads, -1).transpose(1, 2)
 
 
-def _all_heads(t: torch.Tensor, heads: int) -> torch.Tensor:
-    """(B, kv heads, L, d) grouped-query keys or values → (B, heads, L, d), what enable_gqa computes."""
-    return t if t.shape[1] == heads else t.repeat_interleave(heads // t.shape[1], dim=1)
-
-
 def _replaced(tensors, rows, new, heads_first: bool):
     """Full-batch copies of q, k, v with `rows` replaced by the perturbation's, in each one's host layout."""
     out = []
@@ -187,10 +179,13 @@ class UNetSelfAttention:
 
 
 class DiTSelfAttention:
-    """optimized_attention_override: `perturb` on marked rows of the chosen blocks; all else unchanged."""
+    """optimized_attention_override: `perturb` on marked rows of the chosen blocks; all else unchanged. `arch`
+    says where the family's image tokens sit in the sequence."""
 
-    def __init__(self, token: object, perturb: Perturbation, layers: Iterable[Layer], previous: Callable | None):
+    def __init__(self, token: object, perturb: Perturbation, layers: Iterable[Layer], previous: Callable | None,
+                 arch: Architecture):
         self.token, self.perturb, self.layers, self.previous = token, perturb, frozenset(layers), previous
+        self.arch = arch
 
     def default(self, func, *args, **kwargs):
         if self.previous is not None:
@@ -206,9 +201,7 @@ class DiTSelfAttention:
             return self.default(func, *args, **kwargs)
         heads = args[3] if len(args) > 3 else kwargs["heads"]
         skip_reshape = kwargs.get("skip_reshape", False)
-        if kwargs.get("enable_gqa") and skip_reshape:    # grouped keys/values (OmniGen2 on 0.33): full heads
-            kwargs = {key: value for key, value in kwargs.items() if key != "enable_gqa"}
-            args = (args[0], *(_all_heads(t, heads) for t in args[1:3]), *args[3:])
+        args, kwargs = compat.ungrouped_keys(args, kwargs, heads)
         q, k, v = args[:3]
         seq = 2 if skip_reshape else 1
         grid = to[GRID]
@@ -221,8 +214,7 @@ class DiTSelfAttention:
             split = [t[rows] for t in (q, k, v)]
         else:
             split = [_heads_first(t[rows], heads) for t in (q, k, v)]
-        start = image_start(q.shape[seq], n_image, to.get(IMAGE_FIRST, False), to.get(IMAGE_PAD, 0),
-                            to.get(IMAGE_TAIL, 0))
+        start = image_start(q.shape[seq], n_image, self.arch.image_first, self.arch.image_pad, to.get(IMAGE_TAIL, 0))
         out = self.perturb(*_image_last(split, start, n_image), grid)
         if out is None:
             return self.default(func, *args, **kwargs)

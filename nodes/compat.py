@@ -8,6 +8,8 @@ after the tested ones takes whichever path its code offers.
   has no autograd unless `comfy.model_management.in_training` is set (core's Train LoRA node sets it).
 - Module trees for a second set of weights: ≥ 0.4 has a dynamic-VRAM ModelPatcher (NVIDIA default) that
   keeps host buffers on the model object; those are load state, never copied into a twin.
+- Grouped-query attention: 0.33 hands some families' (OmniGen2) keys and values to the attention call with
+  fewer heads than the queries and `enable_gqa=True`; 0.3.75 repeats them per head first.
 - Model configs: ≥ 0.4 adds required fields to the DiT parameter dataclasses (Flux `txt_ids_dims`,
   Chroma `vec_in_dim`, HunyuanVideo `meanflow_sum`, Chroma Radiance `use_x0` / `use_sequential_txt_ids`);
   `complete_dit_config` fills them the way ComfyUI's own detection does.
@@ -101,6 +103,17 @@ def image_tokens_first(block) -> bool:
     """Whether a Flux-style double block puts the image tokens before the text (HunyuanVideo on ComfyUI 0.3.x
     builds its blocks with `flipped_img_txt`; later versions put the text first, as Flux does)."""
     return bool(getattr(block, "flipped_img_txt", False))
+
+
+def ungrouped_keys(args: tuple, kwargs: dict, heads: int) -> tuple[tuple, dict]:
+    """An attention call's (q, k, v, ...) and kwargs with grouped-query keys and values repeated to one per
+    query head, as enable_gqa computes them (heads-first layout), so a perturbation sees every head."""
+    if not (kwargs.get("enable_gqa") and kwargs.get("skip_reshape")):
+        return args, kwargs
+    def full(t: torch.Tensor) -> torch.Tensor:
+        return t if t.shape[1] == heads else t.repeat_interleave(heads // t.shape[1], dim=1)
+    kwargs = {key: value for key, value in kwargs.items() if key != "enable_gqa"}
+    return (args[0], full(args[1]), full(args[2]), *args[3:]), kwargs
 
 
 def complete_dit_config(params_class: type, config: dict) -> dict:

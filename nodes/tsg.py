@@ -24,11 +24,12 @@ def time_embedder(model, node: str = NODE) -> str:
     if name and isinstance(getattr(dm, name, None), torch.nn.Module):
         return name
     reachable = ", ".join(f.name for f in FAMILIES if f.time_embedder)
+    without = ", ".join(f.name for f in FAMILIES if not f.time_embedder)
     why = (f" (its {family.name} model has no '{name}' module: Chroma models feed time through their modulation "
            "network)" if name else "") if family is not None else ""
     raise ValueError(f"{node}: input 'model' is a {type(dm).__name__}, whose time embedding GuideKit cannot "
-                     f"reach{why}; TSG supports {reachable} (Chroma excepted), not LTX-Video, OmniGen2 or "
-                     "Cosmos Predict2 (their time embedders return a pair, not one embedding)")
+                     f"reach{why}; TSG supports {reachable} (Chroma excepted), not {without} (their time "
+                     "embedders return a pair, not one embedding)")
 
 
 class TimeEmbeddingNoise:

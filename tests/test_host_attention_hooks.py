@@ -24,11 +24,12 @@ def sdpa(q, k, v, heads, skip_reshape=False, **kwargs):
 
 
 def call(hooks, perturb, q, k, v, grid, image_first=False, rows=(0,), labels=(0,), image_pad=0, **kwargs):
+    from guidekit.nodes.layers import Architecture
     token = object()
-    hook = hooks.DiTSelfAttention(token, perturb, [("double", 0)], None)
+    arch = Architecture("test", "Test", (("double", 0),), (1, 1, 1), "double.0", "double.0", image_first, image_pad)
+    hook = hooks.DiTSelfAttention(token, perturb, [("double", 0)], None, arch)
     to = {"block_type": "double", "block_index": 0, "cond_or_uncond": list(labels),
-          hooks.MARK: {r: token for r in rows}, hooks.GRID: grid, hooks.IMAGE_FIRST: image_first,
-          hooks.IMAGE_PAD: image_pad}
+          hooks.MARK: {r: token for r in rows}, hooks.GRID: grid}
     return hook(sdpa, q, k, v, q.shape[1], skip_reshape=True, transformer_options=to, **kwargs)
 
 

@@ -75,12 +75,13 @@ def test_no_extra_rows_outside_the_active_range(thin, built, arch):
 @pytest.mark.parametrize("arch", REACHED)
 def test_seg_limits(thin, built, arch):
     """σ → 0: the blurred pass is the conditional one (unguided); σ → ∞: each frame's image queries equal."""
-    from guidekit.nodes.attention_hooks import GRID, IMAGE_FIRST, MARK
+    from guidekit.nodes.attention_hooks import GRID, MARK
     base = built(arch)
     plain = run(thin, base, arch)
     assert_same_guidance(run(thin, seg(base, blur_sigma=1e-3), arch), plain, run(thin, seg(base, blur_sigma=1.0), arch))
     from guidekit.nodes.layers import architecture, parse_layers
     slot = parse_layers("default", architecture(base, "test"), "test")[0]
+    first = architecture(base, "test").image_first
     seen = []
 
     def recorder(func, *args, **kwargs):
@@ -89,13 +90,13 @@ def test_seg_limits(thin, built, arch):
         if to.get(MARK) and (to.get("block_type"), to.get("block_index")) == slot and \
                 args[0].shape[seq] == args[1].shape[seq]:
             heads = args[3] if len(args) > 3 else kwargs["heads"]
-            seen.append((args[0].clone(), to[GRID], to.get(IMAGE_FIRST), kwargs.get("skip_reshape", False), heads))
+            seen.append((args[0].clone(), to[GRID], kwargs.get("skip_reshape", False), heads))
         return func(*args, **kwargs)
     recorded = base.clone()
     recorded.model_options.setdefault("transformer_options", {})["optimized_attention_override"] = recorder
     run(thin, seg(recorded, blur_sigma=-1.0, evaluation="separate"), arch, steps=1)
     assert seen, "the perturbed self-attention call was not seen"
-    for q, (frames, h, w), first, heads_first, heads in seen:
+    for q, (frames, h, w), heads_first, heads in seen:
         q = q if heads_first else q.unflatten(-1, (heads, -1)).transpose(1, 2)
         n = frames * h * w
         image = q[:, :, :n] if first else q[:, :, -n:]
