@@ -170,6 +170,7 @@ class ComfyServer(ComfyClient):
     models_dir: Path | None = None
     input_dir: Path | None = None     # ComfyUI's own input folder when None
     front_end_root: Path | None = None  # a frontend's static folder to serve; ComfyUI's own frontend when None
+    custom_nodes: Path | None = None  # an extra folder of custom-node packages, beside ComfyUI's own
     port: int = 0
     python: str = sys.executable
     startup_timeout: float = 300.0
@@ -196,7 +197,7 @@ class ComfyServer(ComfyClient):
                "--port", str(self.port), "--disable-auto-launch",
                "--output-directory", str(self.workdir / "output"), "--temp-directory", str(self.workdir / "temp"),
                "--user-directory", str(self.workdir / "user"), "--database-url", "sqlite:///:memory:"]
-        if self.models_dir:
+        if self.models_dir or self.custom_nodes:
             cmd += ["--extra-model-paths-config", str(self.write_model_paths())]
         if self.input_dir:
             cmd += ["--input-directory", str(self.input_dir)]
@@ -205,8 +206,13 @@ class ComfyServer(ComfyClient):
         return cmd
 
     def write_model_paths(self) -> Path:
-        lines = ["guidekit:", f"  base_path: {json.dumps(str(self.models_dir))}"]
-        lines += [f"  {name}: {name}" for name in MODEL_FOLDERS]
+        """ComfyUI's extra_model_paths.yaml for the models folder and the extra custom-node folder."""
+        lines = []
+        if self.models_dir:
+            lines += ["guidekit:", f"  base_path: {json.dumps(str(self.models_dir))}"]
+            lines += [f"  {name}: {name}" for name in MODEL_FOLDERS]
+        if self.custom_nodes:
+            lines += ["guidekit_custom_nodes:", f"  custom_nodes: {json.dumps(str(self.custom_nodes))}"]
         path = self.workdir / "extra_model_paths.yaml"
         path.write_text("\n".join(lines) + "\n")
         return path

@@ -4,7 +4,8 @@
 
 --ui writes workflows/NAME.json (the template ComfyUI serves) for every API workflow without one (--force:
 rewrite existing ones too), converted with the live server's node definitions. --thumbnails runs each
-workflow through the headless runner on the test models and saves its first image as workflows/NAME.jpg
+workflow through the headless runner on the test models (Wan / Qwen-Image workflows on their thin twins,
+tests/thin_workflows.py) and saves its first image as workflows/NAME.jpg
 (the template browser's thumbnail, at most 256 px a side). Without NAME: every workflow.
 """
 from __future__ import annotations
@@ -22,6 +23,9 @@ from guidekit.cli.run import ComfyServer
 from guidekit.cli.ui_workflow import api_to_ui
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "tests"))
+from thin_workflows import TEST_NODES, at_thin_size  # noqa: E402
+
 WORKFLOWS = REPO / "workflows"
 THUMBNAIL_SIDE = 256
 
@@ -49,7 +53,8 @@ def main(argv: list[str]) -> int:
     apis = sorted((WORKFLOWS / "api").glob("*.json"))
     if args.names:
         apis = [a for a in apis if a.stem in args.names]
-    server = ComfyServer(Path(os.environ["COMFYUI_PATH"]), Path(os.environ["GUIDEKIT_MODELS_DIR"])).start()
+    server = ComfyServer(Path(os.environ["COMFYUI_PATH"]), Path(os.environ["GUIDEKIT_MODELS_DIR"]),
+                         custom_nodes=TEST_NODES).start()
     try:
         info = server.object_info()
         for api in apis:
@@ -60,7 +65,7 @@ def main(argv: list[str]) -> int:
                 print(f"wrote {ui.relative_to(REPO)}")
             if args.thumbnails:
                 with tempfile.TemporaryDirectory() as tmp:
-                    result = server.run(prompt, Path(tmp))
+                    result = server.run(at_thin_size(prompt), Path(tmp))
                     out = thumbnail(result.images[0], WORKFLOWS / f"{api.stem}.jpg")
                 print(f"wrote {out.relative_to(REPO)} ({result.seconds:.1f} s)")
     finally:

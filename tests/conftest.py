@@ -43,9 +43,12 @@ def models_dir(tmp_path_factory, comfy) -> Path:
 
 @pytest.fixture(scope="session")
 def server(models_dir, tmp_path_factory):
-    """One real ComfyUI server (main.py --cpu on loopback) with the pack in custom_nodes and its own input folder."""
+    """One real ComfyUI server (main.py --cpu on loopback) with the pack in custom_nodes, the test-only nodes
+    (tests/host_nodes) and its own input folder."""
+    from thin_workflows import TEST_NODES
+
     from guidekit.cli.run import ComfyServer
-    srv = ComfyServer(Path(os.environ["COMFYUI_PATH"]), models_dir,
+    srv = ComfyServer(Path(os.environ["COMFYUI_PATH"]), models_dir, custom_nodes=TEST_NODES,
                       input_dir=tmp_path_factory.mktemp("comfyui-input")).start()
     yield srv
     srv.stop()

@@ -149,11 +149,34 @@ def test_ui_template_matches_its_api_twin(server, template):
 
 @pytest.mark.parametrize("workflow", sorted((REPO / "workflows" / "api").glob("*.json")), ids=lambda p: p.stem)
 def test_every_api_workflow_runs_end_to_end(server, workflow, tmp_path):
-    result = server.run(json.loads(workflow.read_text()), tmp_path)
+    """Workflows naming real-size Wan / Qwen-Image files run on their thin twins (tests/thin_workflows.py)."""
+    from thin_workflows import at_thin_size
+    result = server.run(at_thin_size(json.loads(workflow.read_text())), tmp_path)
     assert result.images, f"{workflow.name} produced no image"
     for image in result.images:
         pixels = np.asarray(Image.open(image))
         assert pixels.ndim == 3 and pixels.shape[2] in (3, 4)
+
+
+@pytest.mark.parametrize("workflow,guidance", [("pag_wan21_video", "6"), ("seg_qwen_image", "6")])
+def test_dit_workflows_guidance_reaches_the_model(server, tmp_path, workflow, guidance):
+    """The Wan (video) and Qwen-Image workflows on their thin twins: every frame has the latent's size, and
+    taking the guidance node out of the graph changes the frames (the hook reached the DiT's attention)."""
+    from PIL import ImageSequence
+    from thin_workflows import THIN_SIZE, at_thin_size
+    prompt = at_thin_size(json.loads((REPO / "workflows" / "api" / f"{workflow}.json").read_text()))
+    unguided = json.loads(json.dumps(prompt))
+    sampler = next(n for n in unguided.values() if n["class_type"] == "KSampler")
+    sampler["inputs"]["model"] = unguided[guidance]["inputs"]["model"]
+    del unguided[guidance]
+
+    def frames(p, sub):
+        with Image.open(server.run(p, tmp_path / sub).images[0]) as im:
+            return np.stack([np.asarray(f.convert("RGB"), dtype=np.int16) for f in ImageSequence.Iterator(im)])
+    guided, plain = frames(prompt, "guided"), frames(unguided, "plain")
+    latent = next(THIN_SIZE[n["class_type"]] for n in prompt.values() if n["class_type"] in THIN_SIZE)
+    assert guided.shape == plain.shape == (latent.get("length", 1), latent["height"], latent["width"], 3)
+    assert np.abs(guided - plain).max() > 0, f"{workflow}: the guidance node left every frame unchanged"
 
 
 def test_runner_port_in_use(models_dir, tmp_path):

@@ -430,6 +430,48 @@ def write_checkpoint(path: Path, seed: int = 0) -> Path:
     return path
 
 
+# Loadable DiT files for the Wan and Qwen-Image workflows: state dicts that ComfyUI's own loaders
+# (UNETLoader, VAELoader) detect. Detection fixes what the file cannot say, so these are thin only where
+# the detector reads the width from the weights: Wan's head count is dim // 128 (dim 128: one head) and
+# its text width is 4096; Qwen-Image is always 24 heads of 128 over a 3584-wide text, so it is one block
+# of the real width (380 M parameters, stored in float8 e4m3 like the fp8 file users run).
+
+WAN_LOADABLE = {**WAN, "dim": 128, "num_heads": 1, "ffn_dim": 256, "text_dim": 4096}
+QWEN_IMAGE_LOADABLE = {"image_model": "qwen_image", "in_channels": 64, "num_layers": 1}
+WAN_VAE_DIM = 8                       # the real Wan 2.1 VAE is 96 wide; VAELoader reads the width
+LOADABLE_FILES = {                    # file under the models folder -> what writes it
+    "diffusion_models/guidekit-thin-wan21-t2v.safetensors": ("WAN21_T2V", WAN_LOADABLE, torch.float16),
+    "diffusion_models/guidekit-thin-qwen-image.safetensors": ("QwenImage", QWEN_IMAGE_LOADABLE, torch.float8_e4m3fn),
+}
+WAN_VAE_FILE = "vae/guidekit-thin-wan21-vae.safetensors"
+
+
+def write_diffusion_model(path: Path, class_name: str, unet_config: dict, dtype: torch.dtype,
+                          seed: int = 0) -> Path:
+    """A seeded diffusion model saved as its bare state dict, the way UNETLoader reads one."""
+    patcher = seeded_patcher(getattr(comfy.supported_models, class_name), {**unet_config, **F32}, seed)
+    state = {k: v.to(dtype) for k, v in patcher.model.diffusion_model.state_dict().items()}
+    return _save(path, state, {"guidekit": f"thin {class_name}, seed {seed}, tests/thin_models.py"})
+
+
+def write_wan_vae(path: Path, seed: int = 0) -> Path:
+    """A seeded Wan 2.1 VAE (the Qwen-Image VAE too) at width WAN_VAE_DIM, as VAELoader reads one."""
+    import comfy.ldm.wan.vae as wan_vae
+    vae = wan_vae.WanVAE(dim=WAN_VAE_DIM, z_dim=16, dim_mult=[1, 2, 4, 4], num_res_blocks=2, attn_scales=[],
+                         temperal_downsample=[False, True, True], dropout=0.0)
+    return _save(path, init_weights(vae, seed, std=0.05).half().state_dict(),
+                 {"guidekit": f"thin Wan 2.1 VAE, seed {seed}, tests/thin_models.py"})
+
+
+def write_loadable_files(models: Path) -> None:
+    """The Wan / Qwen-Image workflow files under a models folder (skipped when present)."""
+    for name, (class_name, config, dtype) in LOADABLE_FILES.items():
+        if not (models / name).exists() and getattr(comfy.supported_models, class_name, None) is not None:
+            write_diffusion_model(models / name, class_name, config, dtype)
+    if not (models / WAN_VAE_FILE).exists():
+        write_wan_vae(models / WAN_VAE_FILE)
+
+
 # Guidance networks and decoders for loss guidance (random weights, tiny widths)
 
 TINY_OPEN_CLIP = {"embed_dim": 32,
@@ -510,7 +552,7 @@ def write_refiner(path: Path, shape: tuple[int, ...] = (4, 8, 8), iterations: in
 
 
 def write_guidance_files(models: Path) -> None:
-    """Every loss-guidance test asset under a models folder (skipped when present)."""
+    """Every test asset under a models folder besides the checkpoint (each skipped when present)."""
     if not (models / "open_clip" / TINY_CLIP_FILE).exists():
         write_tiny_open_clip(models / "open_clip" / TINY_CLIP_FILE)
     if not (models / "guidekit_networks" / SEGMENTATION_FILE).exists():
@@ -519,6 +561,7 @@ def write_guidance_files(models: Path) -> None:
         write_taesd(models / "vae_approx")
     if not (models / "guidekit_refiners" / REFINER_FILE).exists():
         write_refiner(models / "guidekit_refiners" / REFINER_FILE)
+    write_loadable_files(models)
 
 
 if __name__ == "__main__":
