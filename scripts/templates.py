@@ -18,13 +18,12 @@ import tempfile
 from pathlib import Path
 
 from PIL import Image
+from thin_workflows import TEST_NODES, at_thin_size  # tests/ (scripts/host.py puts it on PYTHONPATH)
 
 from guidekit.cli.run import ComfyServer
 from guidekit.cli.ui_workflow import api_to_ui
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO / "tests"))
-from thin_workflows import TEST_NODES, at_thin_size  # noqa: E402
 
 WORKFLOWS = REPO / "workflows"
 THUMBNAIL_SIDE = 256
