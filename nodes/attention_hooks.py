@@ -222,7 +222,7 @@ class DiTSelfAttention:
             out = [_image_back(t, start, n_image) for t in out]
             return self.default(func, *_replaced((q, k, v), rows, out, skip_reshape), *args[3:], **kwargs)
         out = _image_back(out, start, n_image)
-        if kwargs.get("mask") is not None:
+        if kwargs.get("mask") is not None and not _masks_nothing(kwargs["mask"]):
             raise NotImplementedError("GuideKit: this perturbation does not support attention masks (masked "
                                       "text conditioning); remove the mask or use SEG, which keeps the host's "
                                       "attention")
@@ -237,6 +237,11 @@ class DiTSelfAttention:
             rest_kwargs["mask"] = mask[other_rows]
         rest = self.default(func, q[other_rows], k[other_rows], v[other_rows], *args[3:], **rest_kwargs)
         return _merge(q.shape[0], rows, out, other_rows, rest)
+
+
+def _masks_nothing(mask: torch.Tensor) -> bool:
+    """A boolean mask all True or an additive one all zero (Lens passes one even when no text is padded)."""
+    return bool(mask.all()) if mask.dtype == torch.bool else not bool(mask.any())
 
 
 class BlockLabel:

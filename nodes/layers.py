@@ -63,7 +63,9 @@ class Family:
     stacks: tuple[tuple[str, str], ...] = ()    # (layer place, attribute holding its block list), forward order
     dit_keys: tuple[tuple[str, str], ...] = ()  # place → dit replace key, when ComfyUI does not name the block
     image: str | Callable[[object], str] = "last"   # image tokens in self-attention: "last", "first", "only"
-    patch: tuple[int, int, int] | None = None   # (frames, h, w) per token; None: the model's patch_size
+    patch: tuple[int, int, int] | Callable[[object], tuple[int, int, int]] | None = None
+                                                # (frames, h, w) per token (or a function of the model);
+                                                # None: the model's patch_size
     time_embedder: str = ""                     # the module whose output is t_emb (what TSG noises)
     image_pad: str = ""                         # attribute: image tokens padded to a multiple of it (Z-Image)
     wrap: bool = False                          # ComfyUI neither names the blocks nor checks a dit patch: GuideKit
@@ -74,20 +76,21 @@ class Family:
 
 FAMILIES: tuple[Family, ...] = (
     Family("unet", "UNet (SD1.x, SD2.x, SDXL)", ("UNetModel",), time_embedder="time_embed"),
-    Family("flux", "Flux / Flux 2 / Chroma / Chroma Radiance", ("Flux", "Chroma"),
+    Family("flux", "Flux / Flux 2 / Chroma / Chroma Radiance / LongCat-Image", ("Flux", "Chroma"),
            (("double", "double_blocks"), ("single", "single_blocks")), time_embedder="time_in", refs_after=always,
            accepts=lambda dm: not any(getattr(b, "flipped_img_txt", False) for b in dm.double_blocks)),
     Family("mmdit", "SD3 / SD3.5 (MMDiT)", ("diffusionmodules.mmdit.MMDiT",), (("joint", "joint_blocks"),),
            dit_keys=(("joint", "double_block"),), time_embedder="t_embedder"),
     Family("wan", "Wan 2.1 / 2.2 (T2V, I2V)", ("WanModel",), (("block", "blocks"),),
            dit_keys=(("block", "double_block"),), image="only", patch=(1, 2, 2), time_embedder="time_embedding"),
-    Family("lumina2", "Lumina 2 / Z-Image", ("NextDiT",), (("double", "layers"),), time_embedder="t_embedder",
+    Family("lumina2", "Lumina 2 / Z-Image (also pixel space)", ("NextDiT",), (("double", "layers"),),
+           time_embedder="t_embedder",
            image_pad="pad_tokens_multiple", wrap=True),          # the main layers; the refiners are not labelled
     Family("hidream", "HiDream", ("HiDreamImageTransformer2DModel",),
            (("double", "double_stream_blocks"), ("single", "single_stream_blocks")), image="first",
            time_embedder="t_embedder", wrap=True),
     Family("omnigen2", "OmniGen2", ("OmniGen2Transformer2DModel",), (("double", "layers"),), wrap=True),
-    Family("cosmos_predict2", "Cosmos Predict2", ("MiniTrainDIT",), (("block", "blocks"),), image="only",
+    Family("cosmos_predict2", "Cosmos Predict2 / Anima", ("MiniTrainDIT",), (("block", "blocks"),), image="only",
            patch=(1, 2, 2), wrap=True),                           # t_embedder gives a (t_emb, adaLN-LoRA) pair
     Family("qwen_image", "Qwen-Image", ("QwenImageTransformer2DModel",), (("double", "transformer_blocks"),),
            patch=(1, 2, 2), time_embedder="time_text_embed", refs_after=always),
@@ -106,9 +109,34 @@ FAMILIES: tuple[Family, ...] = (
     Family("aura_flow", "AuraFlow", ("aura.mmdit.MMDiT",), (("double", "double_layers"), ("single", "single_layers")),
            dit_keys=(("double", "double_block"), ("single", "single_block")), patch=(1, 2, 2),
            time_embedder="t_embedder"),
+    # ComfyUI 0.33 and later
+    Family("lens", "Lens", ("LensTransformer2DModel",), (("double", "transformer_blocks"),), image="first",
+           patch=(1, 1, 1), time_embedder="time_text_embed"),      # a token per 128-channel Flux 2 latent pixel
+    Family("mage_flow", "Mage-Flow", ("MageFlowTransformer2DModel",), (("double", "transformer_blocks"),),
+           time_embedder="time_text_embed", refs_after=always),
+    Family("joyimage", "JoyImage", ("JoyImageTransformer3DModel",), (("double", "double_blocks"),),
+           image="first"),                                        # [image, references, text]; its time
+                                                                  # embedder returns a triple, not t_emb
+    Family("ideogram4", "Ideogram 4", ("Ideogram4Transformer2DModel",), (("single", "layers"),), patch=(1, 1, 1),
+           time_embedder="t_embedding", wrap=True),
+    Family("boogu", "Boogu", ("BooguTransformer2DModel",),
+           (("double", "double_stream_layers"), ("single", "single_stream_layers")), wrap=True),  # [text, refs, image]
+    Family("pixeldit", "PixelDiT / PiD", ("PixDiT_T2I",), (("double", "patch_blocks"), ("pixel", "pixel_blocks")),
+           time_embedder="t_embedder", wrap=True),               # pixel blocks: attention over the patch grid
+    Family("cogvideox", "CogVideoX (T2V, I2V)", ("CogVideoXTransformer3DModel",), (("block", "blocks"),),
+           patch=lambda dm: (dm.patch_size_t or 1, dm.patch_size, dm.patch_size),
+           time_embedder="time_embedding_linear_2", wrap=True),
 )
-UNREACHABLE = {   # families whose attention ComfyUI calls without transformer_options: no override reaches it
-    "PixArtMS": "PixArt", "HunYuanDiT": "HunyuanDiT",
+WITHOUT_OPTIONS = "ComfyUI calls its attention without transformer_options, so no attention override reaches it"
+UNREACHABLE = {   # class → (family, why no attention override can perturb its image self-attention)
+    "PixArtMS": ("PixArt", WITHOUT_OPTIONS), "HunYuanDiT": ("HunyuanDiT", WITHOUT_OPTIONS),
+    "ErnieImageModel": ("ERNIE-Image", WITHOUT_OPTIONS),
+    "LTXAVModel": ("LTX-2 audio-video", "its blocks run the video and the audio self-attention under one block "
+                   "name on a packed audio-video latent, so the image tokens cannot be told apart"),
+    "MiniMaxH3Model": ("MiniMax H3", "text, reference, video and audio tokens share one packed sequence and its "
+                       "attention inputs are single-use containers, not tensors"),
+    "HiDreamO1Transformer": ("HiDream-O1", "its two-pass attention runs the causal text prefix outside the "
+                             "override and hands the image queries over without their own keys"),
 }
 
 
@@ -135,7 +163,10 @@ def architecture(model, node: str) -> Architecture:
 
 
 def family_of(dm) -> Family | None:
-    """The table's row for a diffusion model module (also one built on the meta device), or None."""
+    """The table's row for a diffusion model module (also one built on the meta device), or None (also for an
+    UNREACHABLE class built on a reached one: LTX-2's LTXAVModel is an LTXVModel)."""
+    if type(dm).__name__ in UNREACHABLE:
+        return None
     names = {name for cls in type(dm).__mro__ for name in (cls.__name__, f"{cls.__module__}.{cls.__name__}")}
 
     def matches(family: Family) -> bool:
@@ -156,12 +187,12 @@ def architecture_of(dm, node: str) -> Architecture:
         middle = format_layers([layers[len(layers) // 2]])
         image = family.image(dm) if callable(family.image) else family.image
         pad = int(getattr(dm, family.image_pad, None) or 0) if family.image_pad else 0
-        return Architecture(family.id, name, tuple(layers), family.patch or _patch(dm), middle, middle,
+        patch = family.patch(dm) if callable(family.patch) else family.patch or _patch(dm)
+        return Architecture(family.id, name, tuple(layers), patch, middle, middle,
                             image == "first", pad, family.dit_keys, family.stacks if family.wrap else (),
                             family.refs_after)
     supported = ", ".join(f.name for f in FAMILIES)
-    why = (f" ({UNREACHABLE[name]}: ComfyUI calls its attention without transformer_options, so no attention "
-           "override reaches it)" if name in UNREACHABLE else "")
+    why = f" ({UNREACHABLE[name][0]}: {UNREACHABLE[name][1]})" if name in UNREACHABLE else ""
     raise ValueError(f"{node}: this model ({name}) has no self-attention GuideKit can reach{why}. "
                      f"Supported: {supported}.")
 

@@ -13,12 +13,15 @@ from attention_nodes import RowCounter, assert_same_guidance, changed, pag, sag,
 
 pytestmark = pytest.mark.host
 
-# Lumina 2 / Z-Image, HiDream, OmniGen2 and Cosmos Predict2: ComfyUI neither names their blocks nor checks a
-# dit patch, so GuideKit names them by wrapping the blocks' forward for the length of each call.
-WRAPPED = ["lumina2", "zimage", "hidream", "omnigen2", "cosmos_predict2"]
+# Lumina 2 / Z-Image, HiDream, OmniGen2, Cosmos Predict2 (and on ComfyUI 0.33 Ideogram 4, Boogu, PixelDiT,
+# CogVideoX): ComfyUI neither names their blocks nor checks a dit patch, so GuideKit names them by wrapping the
+# blocks' forward for the length of each call.
+WRAPPED = ["lumina2", "zimage", "hidream", "omnigen2", "cosmos_predict2", "ideogram4", "boogu", "pixeldit",
+           "cogvideox"]
 REACHED = ["wan21_t2v", "wan21_i2v", "wan22_t2v", "qwen_image", *WRAPPED, "flux2", "hunyuan_video",
            "hunyuan_video15", "hunyuan_image21", "ltxv", "mochi", "aura_flow", "chroma_radiance",
-           "kandinsky5", "kandinsky5_image", "krea2"]           # Kandinsky 5, Krea 2: ComfyUI 0.33 and later
+           "kandinsky5", "kandinsky5_image", "krea2",             # Kandinsky 5, Krea 2: ComfyUI 0.33 and later
+           "longcat_image", "zimage_pixel", "lens", "mage_flow", "joyimage", "cogvideox_i2v"]   # 0.33 and later
 STEPS = 3
 
 
@@ -163,19 +166,46 @@ def test_wrapped_blocks_are_named_only_during_a_call(thin, built, arch):
     assert all("forward" not in b.__dict__ for b in blocks)
 
 
-def test_families_the_override_cannot_reach_are_refused_with_the_reason(thin):
-    import comfy.ldm.hydit.models
-    import comfy.ldm.pixart.pixartms
+# (module, class, family named in the refusal, words of the reason); the last four: ComfyUI 0.33 and later
+REFUSED = [("comfy.ldm.pixart.pixartms", "PixArtMS", "PixArt", "without transformer_options"),
+           ("comfy.ldm.hydit.models", "HunYuanDiT", "HunyuanDiT", "without transformer_options"),
+           ("comfy.ldm.ernie.model", "ErnieImageModel", "ERNIE-Image", "without transformer_options"),
+           ("comfy.ldm.lightricks.av_model", "LTXAVModel", "LTX-2 audio-video", "video and the audio"),
+           ("comfy.ldm.minimax.model", "MiniMaxH3Model", "MiniMax H3", "packed sequence"),
+           ("comfy.ldm.hidream_o1.model", "HiDreamO1Transformer", "HiDream-O1", "two-pass attention")]
+
+
+@pytest.mark.parametrize("module, cls, name, reason", REFUSED, ids=[r[1] for r in REFUSED])
+def test_families_the_override_cannot_reach_are_refused_with_the_reason(thin, module, cls, name, reason):
+    import importlib
 
     from guidekit.nodes.layers import architecture_of
-    for cls, name in ((comfy.ldm.pixart.pixartms.PixArtMS, "PixArt"),
-                      (comfy.ldm.hydit.models.HunYuanDiT, "HunyuanDiT")):
-        dm = cls.__new__(cls)                                       # the class is all the table reads
-        with pytest.raises(ValueError) as err:
-            architecture_of(dm, "GuideKit PAG")
-        message = str(err.value)
-        assert message.startswith("GuideKit PAG: this model") and name in message
-        assert "without transformer_options" in message
+    try:
+        cls = getattr(importlib.import_module(module), cls)
+    except (ImportError, AttributeError):
+        pytest.skip(f"this ComfyUI has no {module}.{cls}")
+    dm = cls.__new__(cls)                                           # the class is all the table reads
+    with pytest.raises(ValueError) as err:
+        architecture_of(dm, "GuideKit PAG")
+    message = str(err.value)
+    assert message.startswith("GuideKit PAG: this model") and f"({name}: " in message and reason in message
+
+
+# Classes GuideKit reaches through a row written for their base class (module, class, row id): 0.33 and later.
+INHERITED = [("comfy.ldm.anima.model", "Anima", "cosmos_predict2"), ("comfy.ldm.pixeldit.pid", "PidNet", "pixeldit"),
+             ("comfy.ldm.lumina.model", "NextDiTPixelSpace", "lumina2")]
+
+
+@pytest.mark.parametrize("module, cls, family", INHERITED, ids=[r[1] for r in INHERITED])
+def test_subclasses_are_reached_through_their_base_class_row(thin, module, cls, family):
+    import importlib
+
+    from guidekit.nodes.layers import family_of
+    try:
+        cls = getattr(importlib.import_module(module), cls)
+    except (ImportError, AttributeError):
+        pytest.skip(f"this ComfyUI has no {module}.{cls}")
+    assert family_of(cls.__new__(cls)).id == family
 
 
 def seg_queries_of_one_batched_call(thin, base, arch, height=16, width=16, extra=None):
@@ -236,16 +266,17 @@ def test_z_image_padding_is_not_taken_for_image_tokens(thin, built):
 @pytest.mark.parametrize("arch, ref_shape, extra", [
     ("flux", (1, 16, 8, 8), {}), ("flux2", (1, 128, 8, 8), {}), ("qwen_image", (1, 16, 1, 8, 8), {}),
     ("krea2", (1, 16, 1, 8, 8), {"reference_latents_method": "index"}),
-    ("krea2", (1, 16, 1, 8, 8), {})])                               # Krea 2 without a method: references unused
+    ("krea2", (1, 16, 1, 8, 8), {}),                                # Krea 2 without a method: references unused
+    ("mage_flow", (1, 128, 8, 8), {})])
 def test_reference_image_tokens_are_not_taken_for_image_tokens(thin, built, arch, ref_shape, extra):
-    """Flux Kontext / Flux 2, Qwen-Image Edit and Krea 2 append a reference latent's tokens after the image
+    """Flux Kontext / Flux 2, Qwen-Image Edit, Mage-Flow and Krea 2 append a reference latent's tokens after the image
     tokens ([text, image, reference]): the image grid is the sampled latent's, the reference tokens are left
     alone; where the model ignores the reference (Krea 2 with no reference method) there are none to skip."""
     base = thin.build(arch, std=0.1) if arch == "flux" else built(arch)
     ref = torch.randn(ref_shape, generator=torch.Generator().manual_seed(5))
     blurred, reference, grid = seg_queries_of_one_batched_call(thin, base, arch,
                                                                extra={"reference_latents": [ref], **extra})
-    n_ref = 0 if arch == "krea2" and not extra else 64 if arch == "flux2" else 16   # patch 1 on Flux 2, else 2
+    n_ref = 0 if arch == "krea2" and not extra else 64 if arch in ("flux2", "mage_flow") else 16   # patch 1 / 2
     n = grid[0] * grid[1] * grid[2]
     assert_only_the_image_span_blurred(blurred, reference, blurred.shape[2] - n_ref - n, n)
 
@@ -253,11 +284,11 @@ def test_reference_image_tokens_are_not_taken_for_image_tokens(thin, built, arch
 @pytest.mark.parametrize("arch", REACHED)
 def test_tsg_noises_the_time_embedding_of_every_family_that_has_one(thin, built, arch):
     """TSG's negative is the positive with t_emb + s·t^α·n on the uncond rows: it changes the sample. Chroma
-    Radiance (time through its modulation network), LTX-Video, OmniGen2 and Cosmos Predict2 (their time embedders
-    return pairs, not t_emb) are refused."""
+    Radiance (time through its modulation network), LTX-Video, OmniGen2, Cosmos Predict2, Boogu and JoyImage (their
+    time embedders return pairs or triples, not t_emb) are refused."""
     from guidekit.nodes.tsg import TimestepGuidanceGK
     base = built(arch)
-    if arch in ("chroma_radiance", "ltxv", "omnigen2", "cosmos_predict2"):
+    if arch in ("chroma_radiance", "ltxv", "omnigen2", "cosmos_predict2", "boogu", "joyimage"):
         with pytest.raises(ValueError, match="GuideKit TSG: input 'model' is a .*whose time embedding GuideKit cannot"):
             TimestepGuidanceGK.run(model=base)
         return

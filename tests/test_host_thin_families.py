@@ -13,7 +13,9 @@ pytestmark = pytest.mark.host
 # tests/thin_models.py FAMILY_SPECS (listed here so collection does not import ComfyUI)
 FAMILIES = ["wan21_t2v", "wan21_i2v", "wan22_t2v", "qwen_image", "lumina2", "zimage", "flux2", "hunyuan_video",
             "hunyuan_video15", "hunyuan_image21", "hidream", "cosmos_predict2", "ltxv", "mochi", "omnigen2",
-            "aura_flow", "chroma_radiance", "kandinsky5", "kandinsky5_image", "krea2"]
+            "aura_flow", "chroma_radiance", "kandinsky5", "kandinsky5_image", "krea2", "longcat_image",
+            "zimage_pixel", "lens", "mage_flow", "ideogram4", "joyimage", "boogu", "pixeldit", "cogvideox",
+            "cogvideox_i2v"]
 # Init scale of these tests: at the default 0.02 the text barely moves some families' output (AuraFlow ~1e-7
 # relative, Flux 2 / HunyuanVideo 1.5 / HunyuanImage 2.1 ~1e-5); at 0.1 every family's is >= 1e-2.
 STD = 0.1

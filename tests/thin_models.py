@@ -107,8 +107,13 @@ LLAMA_LAYERS_HIDREAM = 4    # Llama layers in HiDream's conditioning_llama3 (32 
 
 def _family(name: str, class_name: str, unet_config: dict, latent_channels: int, model_class: str,
             blocks: tuple[str, ...], *, context_dim: int = TEXT, pooled_dim: int | None = None, video: bool = False,
-            frames: int | None = None) -> ThinSpec:
-    return ThinSpec(name, getattr(comfy.supported_models, class_name, None), {**unet_config, **F32}, context_dim,
+            frames: int | None = None, overrides=None) -> ThinSpec:
+    """`overrides`: config class -> class attributes a same-named subclass changes (widths or sampling ComfyUI
+    pins on the class itself)."""
+    config_class = getattr(comfy.supported_models, class_name, None)
+    if overrides is not None and config_class is not None:
+        config_class = type(class_name, (config_class,), overrides(config_class))
+    return ThinSpec(name, config_class, {**unet_config, **F32}, context_dim,
                     pooled_dim, latent_channels, video, 2 if video else frames, model_class, class_name, blocks)
 
 
@@ -128,6 +133,16 @@ LUMINA = {"image_model": "lumina2", "patch_size": 2, "in_channels": 16, "dim": 6
 KANDINSKY5 = {"image_model": "kandinsky5", "in_visual_dim": 16, "out_visual_dim": 16, "in_text_dim": TEXT,
               "in_text_dim2": TEXT, "time_dim": 32, "model_dim": 64, "ff_dim": 128, "visual_embed_dim": 132,
               "patch_size": (1, 2, 2), "num_text_blocks": 1, "num_visual_blocks": 2, "axes_dims": (8, 12, 12)}
+
+UNPINNED_WIDTHS = lambda cls: {"unet_extra_config": {}}      # noqa: E731 (widths from our unet_config)
+# CogVideoX samples zero-terminal-SNR: its first sigma (~4500) scales the noise so far that float32 rounding
+# (~2e-3) swamps a step's guidance terms; the thin rows keep its beta schedule without zsnr (first sigma ~15).
+WITHOUT_ZSNR = lambda cls: {"sampling_settings": {**cls.sampling_settings, "zsnr": False}}   # noqa: E731
+# CogVideoX: head dim 64 as ComfyUI detects it and a 128-wide time embedding (narrower, the text moves its
+# DDPM v-prediction output by only ~3e-4 at std 0.1).
+COGVIDEOX = {"image_model": "cogvideox", "num_attention_heads": 2, "attention_head_dim": 64, "in_channels": 16,
+             "out_channels": 16, "time_embed_dim": 128, "text_embed_dim": TEXT, "num_layers": 2, "patch_size": 2,
+             "use_rotary_positional_embeddings": True}
 
 LUMINA_BLOCKS = ("context_refiner", "noise_refiner", "layers")
 FLUX_BLOCKS = ("double_blocks", "single_blocks")
@@ -249,6 +264,64 @@ FAMILY_SPECS: dict[str, ThinSpec] = {
         "image_model": "krea2", "features": 64, "tdim": 32, "txtdim": TEXT, "heads": 2, "kvheads": 1,
         "multiplier": 2, "layers": 2, "patch": 2, "channels": 16, "txtlayers": 1, "txtheads": 2, "txtkvheads": 2},
         16, "SingleStreamDiT", ("blocks",), frames=1),
+    # ComfyUI 0.33+ families below.
+    # LongCat-Image: Flux blocks without guidance or pooled vector, text ids on two rotary axes.
+    "longcat_image": _family("longcat_image", "LongCatImage", {
+        "image_model": "flux", "guidance_embed": False, "vec_in_dim": None, "context_in_dim": TEXT,
+        "txt_ids_dims": [1, 2], "in_channels": 16, "out_channels": 16, "hidden_size": 64, "mlp_ratio": 4.0,
+        "num_heads": 2, "depth": 2, "depth_single_blocks": 2, "axes_dim": [8, 12, 12], "theta": 10000,
+        "patch_size": 2, "qkv_bias": True}, 16, "Flux", FLUX_BLOCKS),
+    # Z-Image pixel space: the Z-Image NextDiT on RGB patches with an MLP patch decoder (patch 2 here, 16 real).
+    "zimage_pixel": _family("zimage_pixel", "ZImagePixelSpace", {
+        **LUMINA, "image_model": "zimage_pixel", "in_channels": 3, "dim": 256, "n_kv_heads": 2,
+        "ffn_dim_multiplier": 8.0 / 3.0, "axes_dims": [32, 48, 48], "axes_lens": [1536, 512, 512],
+        "rope_theta": 256.0, "z_image_modulation": True, "time_scale": 1000.0, "pad_tokens_multiple": 32,
+        "decoder_hidden_size": 32, "decoder_num_res_blocks": 1, "decoder_max_freqs": 4}, 3,
+        "NextDiTPixelSpace", LUMINA_BLOCKS),
+    # Lens: dual-stream MMDiT with one joint [image, text] attention; a token per 128-channel Flux 2 latent pixel.
+    "lens": _family("lens", "Lens", {
+        "image_model": "lens", "patch_size": 2, "in_channels": 128, "out_channels": 32, "num_layers": 2,
+        "attention_head_dim": 32, "num_attention_heads": 2, "enc_hidden_dim": TEXT, "axes_dims_rope": (8, 12, 12),
+        "multi_layer_encoder_feature": False, "selected_layer_index": (0,)}, 128, "LensTransformer2DModel",
+        ("transformer_blocks",)),
+    # Mage-Flow: Qwen-Image double-stream blocks, patch 1 over 128-channel Flux 2 latents.
+    "mage_flow": _family("mage_flow", "MageFlow", {
+        "image_model": "mage_flow", "in_channels": 128, "out_channels": 128, "num_layers": 2,
+        "attention_head_dim": 32, "num_attention_heads": 2, "joint_attention_dim": TEXT,
+        "axes_dims_rope": (8, 12, 12)}, 128, "MageFlowTransformer2DModel", ("transformer_blocks",)),
+    # Ideogram 4: one stream of [text, image] layers, MRoPE; 128-dim tokens (2x2 patches of a 32-channel AE).
+    "ideogram4": _family("ideogram4", "Ideogram4", {
+        "image_model": "ideogram4", "in_channels": 128, "num_layers": 2, "num_attention_heads": 2,
+        "attention_head_dim": 32, "intermediate_size": 128, "adaln_dim": 32, "llm_features_dim": TEXT,
+        "rope_theta": 5000000, "mrope_section": [6, 5, 5], "norm_eps": 1e-5}, 128,
+        "Ideogram4Transformer2DModel", ("layers",), overrides=UNPINNED_WIDTHS),   # its class pins the real widths
+    # JoyImage: double blocks with one joint [image, references, text] attention; the rotary axes are fixed to
+    # [16, 56, 56] (head dim 128), so 2 heads of 128. The Wan 2.1 latent format: (B, 16, 1, H, W).
+    "joyimage": _family("joyimage", "JoyImage", {
+        "image_model": "joyimage", "in_channels": 16, "hidden_size": 256, "patch_size": [1, 2, 2],
+        "num_layers": 2, "num_attention_heads": 2, "text_dim": TEXT}, 16, "JoyImageTransformer3DModel",
+        ("double_blocks",), frames=1),
+    # Boogu: OmniGen2 refiners, dual-stream layers (joint [text, refs, image] + image self-attention), then
+    # OmniGen2 single-stream layers; GQA.
+    "boogu": _family("boogu", "Boogu", {
+        "image_model": "boogu", "patch_size": 2, "in_channels": 16, "hidden_size": 64, "num_layers": 2,
+        "num_double_stream_layers": 2, "num_refiner_layers": 2, "num_attention_heads": 2, "num_kv_heads": 1,
+        "multiple_of": 16, "axes_dim_rope": (8, 12, 12), "axes_lens": (1024, 1664, 1664),
+        "instruction_feat_dim": TEXT}, 16, "BooguTransformer2DModel",
+        ("context_refiner", "noise_refiner", "ref_image_refiner", "double_stream_layers", "single_stream_layers")),
+    # PixelDiT: joint [text, image] patch blocks, then pixel blocks (self-attention over the patch grid) on RGB;
+    # patch 2 here (16 on the real model).
+    "pixeldit": _family("pixeldit", "PixelDiTT2I", {
+        "image_model": "pixeldit_t2i", "in_channels": 3, "num_groups": 2, "hidden_size": 64,
+        "pixel_hidden_size": 8, "pixel_attn_hidden_size": 64, "pixel_num_groups": 2, "patch_depth": 2,
+        "pixel_depth": 2, "patch_size": 2, "txt_embed_dim": TEXT, "txt_max_length": 64}, 3, "PixDiT_T2I",
+        ("patch_blocks", "pixel_blocks")),
+    # CogVideoX (1.0, rotary): joint [text, video] blocks, DDPM v-prediction.
+    "cogvideox": _family("cogvideox", "CogVideoX_T2V", COGVIDEOX, 16, "CogVideoXTransformer3DModel", ("blocks",),
+                         video=True, overrides=WITHOUT_ZSNR),
+    # CogVideoX I2V: the first-frame latent as 16 concat channels.
+    "cogvideox_i2v": _family("cogvideox_i2v", "CogVideoX_I2V", {**COGVIDEOX, "in_channels": 32}, 16,
+                             "CogVideoXTransformer3DModel", ("blocks",), video=True, overrides=WITHOUT_ZSNR),
 }
 FAMILIES = tuple(FAMILY_SPECS)
 SPECS.update(FAMILY_SPECS)
@@ -360,7 +433,11 @@ def _family_conds(arch: str, gen: torch.Generator, batch: int, tokens: int, shap
         extra["conditioning_byt5small"] = rand(batch, 4, BYT5)
     elif arch == "hidream":           # Llama-3 hidden states of every layer, one picked per block
         extra["conditioning_llama3"] = rand(batch, LLAMA_LAYERS_HIDREAM, tokens, LLAMA_HIDREAM)
-    elif arch in ("mochi", "ltxv", "omnigen2"):   # their forwards require the text attention mask (num_tokens)
+    elif arch == "cogvideox_i2v":     # CogVideoXImageToVideo: the first frame's latent, zeros after it
+        image = torch.zeros(shape[:1] + (16,) + shape[2:])
+        image[:, :, :1] = rand(batch, 16, 1, *shape[3:])
+        extra["concat_latent_image"] = image
+    elif arch in ("mochi", "ltxv", "omnigen2", "boogu"):   # their forwards require the text attention mask (num_tokens)
         extra["attention_mask"] = torch.ones(batch, tokens, dtype=torch.long)   # as the T5 encoders give it
     return extra
 
