@@ -1,4 +1,5 @@
-"""PAG's and SEG's negative: the conditional pass with chosen self-attention layers perturbed.
+"""PAG's, SEG's, TPG's and STG's negative: the conditional pass with chosen self-attention layers (or whole
+transformer blocks: nodes/block_hooks.py) perturbed.
 
 Evaluated three ways (same result): "batched" as extra rows of the sampler's own call, "separate" as a
 call of its own after CFG (as ComfyUI core's PAG), or in the unconditional slot ("replace uncond": 2 passes
@@ -13,6 +14,7 @@ import torch
 from ..guidance.pag import adaptive_scale
 from . import registrar
 from .attention_hooks import Perturbation, image_grid, install
+from .block_hooks import BlockPerturbation, install_blocks
 from .layers import Architecture, Layer, architecture, parse_layers
 
 EVALUATIONS = ["auto", "batched", "separate"]
@@ -28,8 +30,10 @@ class PerturbedAttention(registrar.Negative):
     token: object = field(default_factory=object)
 
     def options(self, model_options: dict, x: torch.Tensor, row: int) -> dict:
-        return install(model_options, self.arch, self.layers, self.token, self.perturb, [row],
-                       image_grid(self.arch, x.shape))
+        grid = image_grid(self.arch, x.shape)
+        if isinstance(self.perturb, BlockPerturbation):
+            return install_blocks(model_options, self.arch, self.layers, self.token, self.perturb, [row], grid)
+        return install(model_options, self.arch, self.layers, self.token, self.perturb, [row], grid)
 
     def batch(self, args: dict, row: int) -> tuple[list, dict]:
         return args["conds"][0], self.options(args["model_options"], args["input"], row)
@@ -53,10 +57,10 @@ def timestep_scale(model, scale: float, adaptive: float) -> registrar.Scale:
     return lambda sigma: adaptive_scale(scale, adaptive, to_1000 * float(ms.timestep(sigma.max())))
 
 
-def patch_with_branch(model, node: str, perturbation: Perturbation, scale: float, layers: str, start_percent: float,
-                      end_percent: float, rescale: float, mode: str, evaluation: str, sigma_start: float = -1.0,
-                      sigma_end: float = -1.0, adaptive: float = 0.0):
-    """Clone `model` and guide it away from the perturbed pass (PAG, SEG): the node's whole execute."""
+def patch_with_branch(model, node: str, perturbation: Perturbation | BlockPerturbation, scale: float, layers: str,
+                      start_percent: float, end_percent: float, rescale: float, mode: str, evaluation: str,
+                      sigma_start: float = -1.0, sigma_end: float = -1.0, adaptive: float = 0.0):
+    """Clone `model` and guide it away from the perturbed pass (PAG, SEG, TPG, STG): the node's whole execute."""
     arch = architecture(model, node)
     negative = PerturbedAttention(arch, parse_layers(layers, arch, node), perturbation)
     active = registrar.sigma_range(model, node, start_percent, end_percent, sigma_start, sigma_end)
