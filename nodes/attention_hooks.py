@@ -53,6 +53,13 @@ def install(model_options: dict, arch: Architecture, layers: Iterable[Layer], to
     to[GRID] = grid
     to["optimized_attention_override"] = DiTSelfAttention(token, perturb, layers,
                                                           to.get("optimized_attention_override"), arch)
+    label_blocks(to, arch, layers)
+    return mo
+
+
+def label_blocks(to: dict, arch: Architecture, layers: Iterable[Layer]) -> None:
+    """Make the chosen DiT blocks known to the attention override of a call (transformer_options `to`, a copy)."""
+    replace = to["patches_replace"] = dict(to.get("patches_replace", {}))
     if arch.dit_keys:               # families whose blocks are not named to the attention call: label them
         dit, keys = dict(replace.get("dit", {})), dict(arch.dit_keys)
         for layer in layers:
@@ -64,7 +71,6 @@ def install(model_options: dict, arch: Architecture, layers: Iterable[Layer], to
         apply_model = wrappers.setdefault(comfy.patcher_extension.WrappersMP.APPLY_MODEL, {})
         apply_model.setdefault(CallContext.KEY, [CallContext(arch)])
         to["wrappers"] = wrappers
-    return mo
 
 
 def image_grid(arch: Architecture, latent_shape: torch.Size) -> Grid:

@@ -159,7 +159,8 @@ def test_every_api_workflow_runs_end_to_end(server, workflow, tmp_path):
 
 
 @pytest.mark.parametrize("workflow,guidance",
-                         [("pag_wan21_video", "6"), ("stg_wan21_video", "6"), ("seg_qwen_image", "6")])
+                         [("pag_wan21_video", "6"), ("stg_wan21_video", "6"), ("nag_wan21_video", "6"),
+                          ("seg_qwen_image", "6")])
 def test_dit_workflows_guidance_reaches_the_model(server, tmp_path, workflow, guidance):
     """The Wan (video) and Qwen-Image workflows on their thin twins: every frame has the latent's size, and
     taking the guidance node out of the graph changes the frames (the hook reached the DiT's attention)."""
