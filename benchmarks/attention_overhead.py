@@ -6,8 +6,11 @@ Side by side in one run, on thin-but-realistic models at realistic token counts 
 = 4096 tokens in its top attention level; SDXL UNet at 1024², attention from 4096 tokens down; Flux
 at 1024² = 4096 image tokens; Wan 2.1 at 480×832 with 33 frames = 9×30×52 = 14,040 video tokens; Qwen-Image
 at 1024² = 4096 image tokens): plain CFG, core PerturbedAttentionGuidance and SelfAttentionGuidance (UNets),
-and GuideKit PAG (separate and batched), SEG, SAG, PAG in place of uncond, and PAG over 20-80 % of
-the schedule. Writes benchmarks/results/attention_overhead.json (`--archs` runs some models and keeps the
+and GuideKit PAG (separate and batched), SEG, SAG, TPG, STG (block and attention skip), NAG (at cfg 1 against
+an unguided step, and with CFG), FDG, PAG in place of uncond, and PAG over 20-80 % of the schedule. Methods
+are interleaved within every repeat (A B C … A B C …) after an untimed warm-up of each, and each row reports the
+median over repeats of its ratio to the same repeat's baseline (plain CFG, or the unguided step for rows at
+cfg 1) with the spread, so a load change during the run shows as spread, not as a difference. Writes benchmarks/results/attention_overhead.json (`--archs` runs some models and keeps the
 file's rows of the others) and prints the table. `--quick` is the seconds-long smoke version (tiny models
 and latents) that CI runs so the script cannot rot.
 """
@@ -29,8 +32,13 @@ from guidekit.cli.inprocess import import_comfy
 
 import_comfy()                   # ComfyUI in-process (CPU) before anything below imports it
 
+from guidekit.nodes.fdg import FrequencyDecoupledGuidanceGK  # noqa: E402
+from guidekit.nodes.nag import NormalizedAttentionGuidanceGK  # noqa: E402
+from guidekit.nodes.stg import SpatiotemporalSkipGuidanceGK  # noqa: E402
+from guidekit.nodes.tpg import TokenPerturbationGuidanceGK  # noqa: E402
+
 import thin_models  # noqa: E402  (imports ComfyUI in-process, CPU)
-from attention_nodes import core_pag, core_sag, pag, sag, seg  # noqa: E402
+from attention_nodes import BRANCH, core_pag, core_sag, pag, sag, seg  # noqa: E402
 
 UNET = thin_models.UNET_COMMON
 # Realistic block structure and token counts, widths cut so a CPU step takes seconds, not minutes.
@@ -61,16 +69,36 @@ FAMILY_BENCH = {
                                      "axes_dims_rope": (16, 56, 56)}, (1, 128, 128)),
 }
 
+def _tpg(m, neg):
+    return TokenPerturbationGuidanceGK.execute(m, scale=3.0, **BRANCH).result[0]
+
+
+def _stg(m, neg, skip="block"):
+    return SpatiotemporalSkipGuidanceGK.execute(m, scale=1.0, skip=skip, **BRANCH).result[0]
+
+
+def _nag(m, neg):
+    return NormalizedAttentionGuidanceGK.run(model=m, negative=neg)[0]
+
+
+# name → (patch(model, negative conditioning), the sampler's cfg, the row its ratio is taken against)
 METHODS = {
-    "cfg": lambda m: m,
-    "core PAG": core_pag,
-    "core SAG": core_sag,
-    "PAG separate": lambda m: pag(m, evaluation="separate"),
-    "PAG batched": lambda m: pag(m, evaluation="batched"),
-    "SEG": lambda m: seg(m, evaluation="separate", blur_sigma=-1.0),
-    "SAG": sag,
-    "PAG in place of uncond": lambda m: pag(m, mode="replace uncond"),
-    "PAG 20-80 %": lambda m: pag(m, evaluation="separate", start_percent=0.2, end_percent=0.8),
+    "cfg": (lambda m, neg: m, 4.0, "cfg"),
+    "unguided (cfg 1)": (lambda m, neg: m, 1.0, "unguided (cfg 1)"),
+    "core PAG": (lambda m, neg: core_pag(m), 4.0, "cfg"),
+    "core SAG": (lambda m, neg: core_sag(m), 4.0, "cfg"),
+    "PAG separate": (lambda m, neg: pag(m, evaluation="separate"), 4.0, "cfg"),
+    "PAG batched": (lambda m, neg: pag(m, evaluation="batched"), 4.0, "cfg"),
+    "SEG": (lambda m, neg: seg(m, evaluation="separate", blur_sigma=-1.0), 4.0, "cfg"),
+    "SAG": (lambda m, neg: sag(m), 4.0, "cfg"),
+    "TPG": (_tpg, 4.0, "cfg"),
+    "STG block": (_stg, 4.0, "cfg"),
+    "STG attention": (lambda m, neg: _stg(m, neg, "attention"), 4.0, "cfg"),
+    "NAG (cfg 1)": (_nag, 1.0, "unguided (cfg 1)"),
+    "NAG + CFG": (_nag, 4.0, "cfg"),
+    "FDG": (lambda m, neg: FrequencyDecoupledGuidanceGK.run(model=m)[0], 4.0, "cfg"),
+    "PAG in place of uncond": (lambda m, neg: pag(m, mode="replace uncond"), 4.0, "cfg"),
+    "PAG 20-80 %": (lambda m, neg: pag(m, evaluation="separate", start_percent=0.2, end_percent=0.8), 4.0, "cfg"),
 }
 
 
@@ -143,6 +171,25 @@ def measure_run(model, run, steps, repeats):
     return statistics.median(times), max(peaks)
 
 
+def measure_interleaved(variants: dict, run, steps: int, repeats: int) -> dict:
+    """{name: (median s/step, peak bytes, per-repeat ratios to its baseline)} for {name: (model, cfg, baseline)}:
+    one untimed warm-up step each, then every repeat times every variant in turn (A B C … A B C …)."""
+    for model, cfg, _ in variants.values():
+        run(model, 1, 0, cfg)
+    times = {name: [] for name in variants}
+    peaks = dict.fromkeys(variants, 0)
+    for r in range(repeats):
+        for name, (model, cfg, _) in variants.items():
+            with PeakMemory(torch.device("cpu")) as mem:
+                t0 = time.perf_counter()
+                out = run(model, steps, r, cfg)
+                times[name].append((time.perf_counter() - t0) / steps)
+            peaks[name] = max(peaks[name], mem.peak)
+            assert torch.isfinite(out).all(), "non-finite output makes the timing meaningless"
+    return {name: (statistics.median(times[name]), peaks[name],
+                   [t / b for t, b in zip(times[name], times[variants[name][2]])]) for name in variants}
+
+
 def setup(doc: str, name: str, steps: int, steps_help: str, quick_steps: int | None = None):
     """Arguments, models and latent sizes of an overhead benchmark; `--quick` = tiny SD1.5 and Flux, 1 repeat."""
     p = argparse.ArgumentParser(description=doc.split("\n\n")[0])
@@ -162,17 +209,30 @@ def setup(doc: str, name: str, steps: int, steps_help: str, quick_steps: int | N
 
 
 def family_runner(name: str, quick: bool):
-    """(patcher, run(model, steps, seed)) for a FAMILY_BENCH model (`quick`: its thin test size, 16² latents)."""
+    """(patcher, run(model, steps, seed, cfg), latent label, negative) for a FAMILY_BENCH model (`quick`: its thin
+    test size, 16² latents)."""
     arch, overrides, (frames, height, width) = FAMILY_BENCH[name]
     spec = thin_models.SPECS[arch]
     if quick:
         overrides, (frames, height, width) = {}, (2 if spec.video else 1, 16, 16)
     base = thin_models.seeded_patcher(spec.config_class, {**spec.unet_config, **overrides}, seed=0)
+    frames = frames if spec.frames is not None else None
 
-    def run(model, steps, seed):
-        return thin_models.sample(model, arch, seed=seed, steps=steps, cfg=4.0, height=height, width=width,
-                                  frames=frames if spec.frames is not None else None)
-    return base, run, (f"{frames}x{height}x{width}" if spec.video else f"{height}x{width}")
+    def run(model, steps, seed, cfg=4.0):
+        return thin_models.sample(model, arch, seed=seed, steps=steps, cfg=cfg, height=height, width=width,
+                                  frames=frames)
+    negative = thin_models.conditioning(arch, seed=2, height=height, width=width, frames=frames)
+    return base, run, (f"{frames}x{height}x{width}" if spec.video else f"{height}x{width}"), negative
+
+
+def bench_negative(spec) -> list:
+    """The negative conditioning `sample` uses for a BENCH_MODELS spec (NAG's negative)."""
+    _, _, ctx, pooled, _ = spec
+    gen = torch.Generator().manual_seed(2)
+    extra = {"pooled_output": torch.randn(1, pooled, generator=gen)} if pooled else {}
+    if spec[0] is thin_models.comfy.supported_models.Flux:
+        extra["guidance"] = 3.5
+    return [[torch.randn(1, 77, ctx, generator=gen), extra]]
 
 
 def main() -> None:
@@ -181,28 +241,30 @@ def main() -> None:
     rows = []
     for arch in chosen:
         if arch in FAMILY_BENCH:
-            base, run, latent = family_runner(arch, args.quick)
+            base, run, latent, negative = family_runner(arch, args.quick)
         else:
             spec = models[arch]
             base = thin_models.seeded_patcher(spec[0], spec[1], seed=0)
-            run, latent = (lambda m, steps, seed, spec=spec, size=sizes[arch]: sample(m, spec, size, steps, seed),
-                           f"{sizes[arch]}x{sizes[arch]}")
+            run, latent = (lambda m, steps, seed, cfg=4.0, spec=spec, size=sizes[arch]:
+                           sample(m, spec, size, steps, seed, cfg), f"{sizes[arch]}x{sizes[arch]}")
+            negative = bench_negative(spec)
         params = sum(t.numel() for t in base.model.diffusion_model.parameters())
-        for method, make in METHODS.items():
-            if method.startswith("core") and arch not in ("sd15", "sdxl"):
-                continue            # core PAG/SAG patch UNet attn1 only: a silent no-op on DiTs
-            sec, peak = measure_run(make(base), run, args.steps, args.repeats)
+        variants = {method: (make(base, negative), cfg, baseline) for method, (make, cfg, baseline) in METHODS.items()
+                    if not (method.startswith("core") and arch not in ("sd15", "sdxl"))}   # core: UNet attn1 only
+        for method, (sec, peak, ratios) in measure_interleaved(variants, run, args.steps, args.repeats).items():
             rows.append({"arch": arch, "params": params, "latent": latent, "method": method,
-                         "step_s": sec, "peak_mb": peak / 2 ** 20})
-            print(f"{arch:10} {method:24} {sec * 1e3:9.1f} ms  {peak / 2 ** 20:8.1f} MB", flush=True)
+                         "baseline": variants[method][2], "step_s": sec, "peak_mb": peak / 2 ** 20,
+                         "ratio": statistics.median(ratios), "ratio_min": min(ratios), "ratio_max": max(ratios)})
+            print(f"{arch:10} {method:24} {sec * 1e3:9.1f} ms  × {statistics.median(ratios):.2f} "
+                  f"[{min(ratios):.2f}, {max(ratios):.2f}]  {peak / 2 ** 20:8.1f} MB", flush=True)
     report(rows, args, "attention_overhead", cfg=4.0)
 
 
 def report(rows: list[dict], args, benchmark: str, **meta) -> None:
     """Ratios to the same model's plain-CFG row, the table, and (unless --quick) the JSON file."""
     for r in rows:
-        base = next(c for c in rows if c["arch"] == r["arch"] and c["method"] == "cfg")
-        r["ratio_to_cfg"] = r["step_s"] / base["step_s"]
+        base = next(c for c in rows if c["arch"] == r["arch"] and c["method"] == r.get("baseline", "cfg"))
+        r["ratio_to_cfg"] = r.get("ratio", r["step_s"] / base["step_s"])     # interleaved runs: median of per-repeat
     width = max(len(r["method"]) for r in rows)
     print(f"\n{'arch':10} {'latent':>8} {'method':{width}} {'step (ms)':>10} {'× CFG':>7} {'peak MB':>8}")
     for r in rows:

@@ -1,7 +1,7 @@
 """Does guidance help? Every registered method's scale sweep, scored on models we trained ourselves.
 
     python3 scripts/host.py run-python benchmarks/quality.py [--smoke] [--datasets toy mnist]
-                                                           [--methods unguided cfg ...] [--out DIR]
+                                                           [--methods unguided cfg ...] [--merge] [--out DIR]
 
 Settings (benchmarks/evidence/datasets.py): the 2D fractal class A (EDM toy model, Heun 32 steps,
 Karras σ 10 → 0.002; exact log-likelihood, off-support fraction, sliced W2) and class-conditional
@@ -10,7 +10,9 @@ and recall in the evaluation classifier's feature space against 2,000 held-out d
 mean ± std over seeds. Methods come from benchmarks/evidence/methods.py (one registry entry each),
 applied through the pack's real nodes and sampled with comfy.sample. Writes quality.json, quality.md
 and labelled sample grids quality_<dataset>.png to --out (default benchmarks/results/). `--smoke` is
-the seconds-long version CI runs (tiny sample counts, first scale of each method).
+the seconds-long version CI runs (tiny sample counts, first scale of each method). `--merge` keeps the rows
+of methods not run this time from the existing quality.json (same settings; time ratios of the new rows
+against this run's own CFG row, so include `cfg` — or `unguided` for unconditional models — in --methods).
 """
 from __future__ import annotations
 
@@ -117,11 +119,26 @@ def markdown(results: dict) -> str:
     return "\n".join(lines)
 
 
+def merged(old: dict, new: dict, methods: list[str]) -> dict:
+    """`old` with the runs of `methods` replaced by `new`'s (per dataset, in registry order); meta records both."""
+    order = list(REGISTRY)
+    out = {"meta": {**new["meta"], "merged_into": old["meta"], "methods_run": methods},
+           "datasets": dict(old["datasets"])}
+    for name, ds in new["datasets"].items():
+        kept = [r for r in old["datasets"].get(name, {}).get("runs", []) if r["method"] not in methods]
+        runs = sorted(kept + ds["runs"], key=lambda r: (order.index(r["method"]) if r["method"] in order else 99,
+                                                       r["scale"]))
+        out["datasets"][name] = {**old["datasets"].get(name, ds), "runs": runs}
+    return out
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--smoke", action="store_true", help="seconds-long run (CI): tiny counts, first scales")
     parser.add_argument("--datasets", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
     parser.add_argument("--methods", nargs="+", default=list(REGISTRY), choices=list(REGISTRY))
+    parser.add_argument("--merge", action="store_true",
+                        help="keep the existing quality.json rows of methods not run this time")
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results")
     args = parser.parse_args()
     torch.set_flush_denormal(True)
@@ -137,6 +154,8 @@ def main() -> int:
                         "runtime_s": time.monotonic() - t0},
                "datasets": datasets}
     args.out.mkdir(parents=True, exist_ok=True)
+    if args.merge and (args.out / "quality.json").exists():
+        results = merged(json.loads((args.out / "quality.json").read_text()), results, args.methods)
     (args.out / "quality.json").write_text(json.dumps(results, indent=1))
     table = markdown(results)
     (args.out / "quality.md").write_text(table)

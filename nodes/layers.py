@@ -217,13 +217,15 @@ def _span(lo: str | None, hi: str | None) -> range | None:
 
 
 def parse_layers(text: str, arch: Architecture, node: str, input_name: str = "layers") -> tuple[Layer, ...]:
-    """The layers a layer list names, in forward order; empty or "default" gives the preset.
+    """The layers a layer list names, in forward order; empty or "default" gives the preset, "all" every layer.
 
     Each item must name at least one existing layer, else the error lists the model's valid layers.
     """
     text = text.strip().lower()
     if text in ("", "default"):
         text = arch.default_layers
+    if text == "all":
+        return tuple(arch.layers)
     chosen: set[Layer] = set()
     for item in filter(None, (part.strip() for part in re.split(r"[,\s]+", text))):
         m = _ITEM.match(item)

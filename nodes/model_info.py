@@ -45,15 +45,28 @@ class ModelDescription:
     model_sampling: object       # ComfyUI's model_sampling of this model (schedule, percent_to_sigma)
     arch: Architecture | None = None
 
+    def node_defaults(self) -> dict[str, str]:
+        """What 'default' means in each node whose default is its own (TPG, STG: the references'; NAG: all)."""
+        if self.arch is None:
+            return {}
+        from .stg import default_layers as stg_default
+        from .tpg import default_layers as tpg_default
+        return {"GuideKitTPG": tpg_default(self.arch), "GuideKitSTG": stg_default(self.arch),
+                "GuideKitNAG": format_layers(self.arch.layers)}
+
     def to_json(self) -> dict:
         return {"family": self.family, "model_type": self.model_type, "layers": list(self.layers),
                 "default_layers": self.default_layers, "default_sag_layer": self.default_sag_layer,
+                "node_defaults": self.node_defaults(),
                 "sigma_min": float(self.model_sampling.sigma_min), "sigma_max": float(self.model_sampling.sigma_max)}
 
-    def selection(self, text: str) -> dict:
-        """What a layers widget's text selects on this model (the nodes' own parser), or its error."""
+    def selection(self, text: str, node: str = "") -> dict:
+        """What a layers widget's text selects on this model (the nodes' own parser), or its error; `node`
+        (a node id) says whose 'default' it is."""
         if self.arch is None:
             return {"selected": [], "selected_error": f"{self.model_type} has no self-attention GuideKit can reach"}
+        if text.strip().lower() in ("", "default") and node in self.node_defaults():
+            text = self.node_defaults()[node]
         try:
             chosen = parse_layers(text, self.arch, "layers")
         except ValueError as err:

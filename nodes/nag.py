@@ -165,8 +165,7 @@ def patch(model, negative: list, scale: float, tau: float, alpha: float, layers:
           end_percent: float, sigma_start: float = -1.0, sigma_end: float = -1.0):
     """The node's whole execute: a clone with NAG on `layers` (all cross/joint-attention blocks by default)."""
     arch = architecture(model, NODE)
-    text = layers.strip().lower()
-    chosen = arch.layers if text in ("", "all") else parse_layers(layers, arch, NODE)
+    chosen = parse_layers("all" if layers.strip().lower() in ("", "default") else layers, arch, NODE)
     settings = Settings(scale, tau, alpha, registrar.sigma_range(model, NODE, start_percent, end_percent,
                                                                  sigma_start, sigma_end))
     m = model.clone()

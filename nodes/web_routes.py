@@ -1,6 +1,6 @@
 """HTTP routes the frontend extension (web/guidekit.js) reads: model layers, the step schedule, node costs.
 
-    GET /guidekit/model?folder=checkpoints&name=FILE[&layers=TEXT]
+    GET /guidekit/model?folder=checkpoints&name=FILE[&layers=TEXT[&node=NODE_ID]]
                                                             → attention layers, defaults, σ range, and
                                                               what TEXT selects (the nodes' own parser)
     GET /guidekit/schedule?folder=&name=&scheduler=&sampler=&steps=&denoise=&start_percent=&end_percent=
@@ -68,7 +68,7 @@ async def model_route(request: web.Request) -> web.Response:
         described = describe(q.get("folder", ""), q.get("name", ""))
         body = described.to_json()
         if "layers" in q:
-            body.update(described.selection(q["layers"]))
+            body.update(described.selection(q["layers"], q.get("node", "")))
         return body
     return await _answer(work)
 

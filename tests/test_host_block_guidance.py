@@ -188,3 +188,24 @@ def test_stg_and_tpg_defaults_follow_the_references(thin, built):
     wan = architecture(built("wan21_t2v"), "test")
     assert stg_default(wan) == wan.default_layers == "block.1"      # no official Wan block: the middle one
     assert stg_default(architecture(built("ltxv"), "test")) == "block.1"   # a 2-block LTXV has no block 19
+
+
+def test_layer_picker_knows_each_nodes_default(thin, built):
+    """GET /guidekit/model: 'default' in a TPG / STG / NAG widget selects that node's default, not PAG's."""
+    from guidekit.nodes.layers import architecture, format_layers, parse_layers
+    from guidekit.nodes.model_info import describe_module
+    from guidekit.nodes.stg import default_layers as stg_default
+    from guidekit.nodes.tpg import default_layers as tpg_default
+    for arch_name in ("sd15", "flux"):
+        model = built(arch_name)
+        arch = architecture(model, "t")
+
+        def text(layers):
+            return format_layers(parse_layers(layers, arch, "t"))
+        described = describe_module(model.get_model_object("diffusion_model"), model.get_model_object("model_sampling"))
+        assert described.selection("default", "GuideKitNAG")["selected"] == list(described.layers)
+        assert described.selection("default", "GuideKitTPG")["selected_text"] == text(tpg_default(arch))
+        assert described.selection("default", "GuideKitSTG")["selected_text"] == text(stg_default(arch))
+        assert described.selection("default")["selected_text"] == text(arch.default_layers)
+        assert described.to_json()["node_defaults"]["GuideKitTPG"] == tpg_default(arch)
+    assert tpg_default(architecture(built("sd15"), "t")) != architecture(built("sd15"), "t").default_layers

@@ -199,7 +199,8 @@ async function openLayerPicker(node, layerWidget, single) {
   }
   let info;
   try {
-    info = await getJSON("/guidekit/model", { folder: loader.folder, name: loader.name, layers: layerWidget.value });
+    info = await getJSON("/guidekit/model", { folder: loader.folder, name: loader.name, layers: layerWidget.value,
+                                              node: node.type });
   } catch (e) {
     box.append(el("b", "", `Cannot read ${loader.name}`), el("p", "", e.message), button("Close", closeDialog));
     return;
@@ -208,7 +209,8 @@ async function openLayerPicker(node, layerWidget, single) {
   const error = el("div", "color:#d66", info.selected_error || "");
   box.append(el("b", "", `${node.title}: ${single ? "layer" : "layers"}`),
              el("div", "opacity:.7;margin:4px 0 8px", `${loader.name} — ${info.model_type}, ${info.layers.length} ` +
-                `self-attention layers; default ${single ? info.default_sag_layer : info.default_layers}`),
+                `self-attention layers; default ${single ? info.default_sag_layer
+                                                         : (info.node_defaults?.[node.type] ?? info.default_layers)}`),
              error);
   const list = el("div");
   const groups = {};
@@ -224,7 +226,8 @@ async function openLayerPicker(node, layerWidget, single) {
   const chosen = () => [...list.querySelectorAll("input:checked")].map((i) => i.value);
   const apply = async (text) => {
     try {
-      const checked = await getJSON("/guidekit/model", { folder: loader.folder, name: loader.name, layers: text });
+      const checked = await getJSON("/guidekit/model", { folder: loader.folder, name: loader.name, layers: text,
+                                                         node: node.type });
       if (checked.selected_error) throw new Error(checked.selected_error);
       layerWidget.value = text === "default" ? "default" : checked.selected_text;
       layerWidget.callback?.(layerWidget.value);

@@ -17,10 +17,15 @@ from guidekit.cli.inprocess import import_comfy
 import_comfy()                   # ComfyUI in-process (CPU) before anything below imports it
 
 from guidekit.nodes.autoguidance import AutoguidanceGK, DegradedModelGK  # noqa: E402
+from guidekit.nodes.cfg_zero_star import CFGZeroStarGK  # noqa: E402
+from guidekit.nodes.fdg import FrequencyDecoupledGuidanceGK  # noqa: E402
 from guidekit.nodes.icg import IndependentConditionGuidanceGK  # noqa: E402
+from guidekit.nodes.nag import NormalizedAttentionGuidanceGK  # noqa: E402
 from guidekit.nodes.pag import PerturbedAttentionGuidanceGK  # noqa: E402
 from guidekit.nodes.sag import SelfAttentionGuidanceGK  # noqa: E402
 from guidekit.nodes.seg import SmoothedEnergyGuidanceGK  # noqa: E402
+from guidekit.nodes.stg import SpatiotemporalSkipGuidanceGK  # noqa: E402
+from guidekit.nodes.tpg import TokenPerturbationGuidanceGK  # noqa: E402
 from guidekit.nodes.tsg import TimestepGuidanceGK  # noqa: E402
 
 from .comfy_models import comfy, demo_mnist, mnist_patcher, toy_patcher  # noqa: F401  (ComfyUI first, CPU)
@@ -101,3 +106,28 @@ register(Method("tsg", "TSG s=8 w={s}", {"mnist-uncond": (1.5, 2.0, 3.0)},
                 lambda m, s, d: (TimestepGuidanceGK.run(model=m, noise_scale=8.0)[0], s)))
 register(Method("tsg-s4", "TSG s=4 w={s}", {"mnist-uncond": (2.0,)},
                 lambda m, s, d: (TimestepGuidanceGK.run(model=m, noise_scale=4.0)[0], s)))
+
+
+# --- NAG, TPG, STG, FDG, CFG-Zero* (issue 21) ---------------------------------------------------------------
+
+def nag_negative() -> list:
+    """NAG's negative on MNIST: the learned unconditional class token, the same one CFG's negative uses."""
+    return [[demo_mnist.digit_context([demo_mnist.NULL]), {}]]
+
+
+register(Method("nag", "NAG {s} (cfg 1)", {"mnist": (2.0, 4.0)},
+                lambda m, s, d: (NormalizedAttentionGuidanceGK.run(model=m, negative=nag_negative(), scale=s,
+                                                                   alpha=0.5)[0], 1.0)))
+register(Method("cfg+nag", "CFG 2 + NAG {s}", {"mnist": (2.0,)},
+                lambda m, s, d: (NormalizedAttentionGuidanceGK.run(model=m, negative=nag_negative(), scale=s,
+                                                                   alpha=0.5)[0], 2.0)))
+register(Method("tpg", "TPG {s}", {"mnist": (1.0, 3.0)},
+                lambda m, s, d: (TokenPerturbationGuidanceGK.run(model=m, scale=s)[0], 1.0)))
+register(Method("cfg+tpg", "CFG 2 + TPG {s}", {"mnist": (2.0,)},
+                lambda m, s, d: (TokenPerturbationGuidanceGK.run(model=m, scale=s)[0], 2.0)))
+register(Method("stg", "STG {s}", {"mnist": (1.0, 2.0)},
+                lambda m, s, d: (SpatiotemporalSkipGuidanceGK.run(model=m, scale=s)[0], 1.0)))
+register(Method("fdg", "FDG low 2 high {s}", {"mnist": (4.0, 6.0)},
+                lambda m, s, d: (FrequencyDecoupledGuidanceGK.run(model=m, high_frequency_scale=s)[0], 2.0)))
+register(Method("cfg-zero-star", "CFG-Zero* {s}", {"toy": (2.0, 4.0), "mnist": (2.0, 3.0)},
+                lambda m, s, d: (CFGZeroStarGK.run(model=m, zero_init_steps=0)[0], s)))
