@@ -10,8 +10,9 @@ and GuideKit PAG (separate and batched), SEG, SAG, TPG, STG (block and attention
 an unguided step, and with CFG), FDG, PAG in place of uncond, and PAG over 20-80 % of the schedule. Methods
 are interleaved within every repeat (A B C … A B C …) after an untimed warm-up of each, and each row reports the
 median over repeats of its ratio to the same repeat's baseline (plain CFG, or the unguided step for rows at
-cfg 1) with the spread, so a load change during the run shows as spread, not as a difference. Writes benchmarks/results/attention_overhead.json (`--archs` runs some models and keeps the
-file's rows of the others) and prints the table. `--quick` is the seconds-long smoke version (tiny models
+cfg 1) with the spread, so a load change during the run shows as spread, not as a difference. Writes
+benchmarks/results/attention_overhead.json (`--archs` runs some models and keeps the file's rows of the
+others) and prints the table. `--quick` is the seconds-long smoke version (tiny models
 and latents) that CI runs so the script cannot rot.
 """
 from __future__ import annotations
