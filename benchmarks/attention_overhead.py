@@ -54,6 +54,13 @@ BENCH_MODELS = {
         "transformer_depth": [0, 1, 2], "transformer_depth_middle": 2, "transformer_depth_output": [0, 0, 1, 1, 2, 2],
         "context_dim": 2048, "num_head_channels": 64, "use_linear_in_transformer": True, "adm_in_channels": 2816,
         "num_classes": "sequential"}, 2048, 1280, 128),
+    # The real SD1.5 UNet (860 M parameters, ComfyUI's detected config), seeded random weights: where a user's
+    # ratio is set by the real FLOP mix. Only on request (--archs sd15_full): minutes per step on a 2-core CPU.
+    "sd15_full": (thin_models.comfy.supported_models.SD15, {
+        **UNET, "model_channels": 320, "channel_mult": [1, 2, 4, 4], "num_res_blocks": [2, 2, 2, 2],
+        "transformer_depth": [1, 1, 1, 1, 1, 1, 0, 0], "transformer_depth_middle": 1,
+        "transformer_depth_output": [1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0],
+        "context_dim": 768, "num_heads": 8, "use_linear_in_transformer": False}, 768, None, 64),
     "flux": (thin_models.comfy.supported_models.Flux, {
         **thin_models.SPECS["flux"].unet_config, "hidden_size": 256, "num_heads": 4, "depth": 2,
         "depth_single_blocks": 4, "axes_dim": [16, 24, 24], "context_in_dim": 256, "vec_in_dim": 64}, 256, 64, 128),
@@ -202,7 +209,7 @@ def setup(doc: str, name: str, steps: int, steps_help: str, quick_steps: int | N
     args = p.parse_args()
     torch.set_flush_denormal(True)
     if not args.quick:
-        return args, BENCH_MODELS, {"sd15": 64, "sdxl": 128, "flux": 128}
+        return args, BENCH_MODELS, {"sd15": 64, "sd15_full": 64, "sdxl": 128, "flux": 128}
     args.repeats, args.steps = 1, quick_steps or args.steps
     models = {a: (thin_models.SPECS[a].config_class, dict(thin_models.SPECS[a].unet_config), 64,
                   thin_models.SPECS[a].pooled_dim, 0) for a in ("sd15", "flux")}
@@ -238,7 +245,7 @@ def bench_negative(spec) -> list:
 
 def main() -> None:
     args, models, sizes = setup(__doc__, "attention_overhead", 5, "steps per timed run (the 20-80 %% range needs ≥ 5)")
-    chosen = args.archs or [*models, *FAMILY_BENCH]
+    chosen = args.archs or [*(m for m in models if m != "sd15_full"), *FAMILY_BENCH]
     rows = []
     for arch in chosen:
         if arch in FAMILY_BENCH:

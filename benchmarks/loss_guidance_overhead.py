@@ -1,13 +1,17 @@
 """Cost of training-free loss guidance: median sampling-step time and peak memory vs plain CFG.
 
     python3 scripts/host.py run-python benchmarks/loss_guidance_overhead.py [--quick] [--repeats 2]
+                                                                       [--archs sd15_full]
 
 On the thin-but-realistic SD1.5 UNet of attention_overhead.py at 512² (64² latents), with a CLIP ViT-B/16
 text loss (open_clip's architecture, random weights: the cost is the architecture's), the x0 decoded
 either by the full SD VAE architecture or by TAESD (the cheap decoder for the gradient). Rows: plain
 CFG 4, and each method on top of CFG 4. Target (issue 5): FreeDoM + Polyak with the tiny decoder
 ≤ 3× CFG step time and ≤ 2× its peak memory. Writes benchmarks/results/loss_guidance_overhead.json.
-`--quick`: the tiny SD1.5 and a 2-layer CLIP at 16² latents, 1 repeat (CI smoke).
+`--archs sd15_full`: the real SD1.5 UNet (860 M parameters) instead of the thin one; the rows of the other
+model stay in the file. Methods are interleaved within every repeat after an untimed warm-up; each row is the
+median of its per-repeat ratios to CFG, with the spread. `--quick`: the tiny SD1.5 and a 2-layer CLIP at 16²
+latents, 1 repeat (CI smoke).
 """
 from __future__ import annotations
 
@@ -20,6 +24,8 @@ from guidekit.cli.inprocess import import_comfy
 
 import_comfy()                   # ComfyUI in-process (CPU) before anything below imports it
 
+import statistics  # noqa: E402
+
 import comfy.sd  # noqa: E402
 
 from guidekit.guidance import losses  # noqa: E402
@@ -27,7 +33,7 @@ from guidekit.nodes.loss_guidance import LossGuidanceGK  # noqa: E402
 from guidekit.nodes.loss_networks import OpenClip  # noqa: E402
 from guidekit.nodes.loss_terms import ClipTextLossGK  # noqa: E402
 
-from attention_overhead import measure, report, setup, thin_models  # noqa: E402  (ComfyUI in-process, CPU)
+from attention_overhead import measure, measure_interleaved, report, sample, setup, thin_models  # noqa: E402
 
 CLIP_ARCH = "ViT-B-16"
 
@@ -81,20 +87,26 @@ def main() -> None:
     with torch.inference_mode():
         loss = ClipTextLossGK.execute(clip, "a photo of a red apple", 1.0).result[0]
     vaes = decoders()
-    spec = models["sd15"]
+    arch = (args.archs or ["sd15"])[0]
+    spec = models[arch]
     base = thin_models.seeded_patcher(spec[0], spec[1], seed=0)
     params = sum(t.numel() for t in base.model.diffusion_model.parameters())
     patched = methods(base, vaes, loss)
     # untimed: the first guided run pays one-time costs (weights made autograd-ready, the allocator growing
-    # to the gradient pass's size) that measure()'s one-step warm-up of each row does not absorb
-    measure(patched["FreeDoM + Polyak + 4 augmented copies, TAESD"], spec, sizes["sd15"], 1, 1, cfg=4.0)
+    # to the gradient pass's size) that the per-row warm-up step does not absorb
+    measure(patched["FreeDoM + Polyak + 4 augmented copies, TAESD"], spec, sizes[arch], 1, 1, cfg=4.0)
+    variants = {name: (model, 4.0, "cfg") for name, model in patched.items()}
+
+    def run(m, steps, seed, cfg=4.0):
+        return sample(m, spec, sizes[arch], steps, seed, cfg)
     rows = []
-    for name, model in patched.items():
-        sec, peak = measure(model, spec, sizes["sd15"], args.steps, args.repeats, cfg=4.0)
-        rows.append({"arch": "sd15", "params": params, "latent": f"{sizes['sd15']}x{sizes['sd15']}", "method": name,
-                     "step_s": sec, "peak_mb": peak / 2 ** 20})
-        print(f"sd15  {name:46} {sec * 1e3:9.1f} ms  {peak / 2 ** 20:8.1f} MB", flush=True)
-    cfg_row = rows[0]
+    for name, (sec, peak, ratios) in measure_interleaved(variants, run, args.steps, args.repeats).items():
+        rows.append({"arch": arch, "params": params, "latent": f"{sizes[arch]}x{sizes[arch]}", "method": name,
+                     "step_s": sec, "peak_mb": peak / 2 ** 20, "ratio": statistics.median(ratios),
+                     "ratio_min": min(ratios), "ratio_max": max(ratios)})
+        print(f"{arch}  {name:46} {sec * 1e3:9.1f} ms  × {statistics.median(ratios):.2f} "
+              f"[{min(ratios):.2f}, {max(ratios):.2f}]  {peak / 2 ** 20:8.1f} MB", flush=True)
+    cfg_row = next(r for r in rows if r["method"] == "cfg")
     for r in rows:
         r["peak_ratio_to_cfg"] = r["peak_mb"] / max(cfg_row["peak_mb"], 1e-9)
     report(rows, args, "loss_guidance_overhead", cfg=4.0, loss=f"CLIP text, open_clip {CLIP_ARCH} (random weights)",

@@ -62,6 +62,14 @@ def _strict_load(module: torch.nn.Module, state: dict, node: str, input_name: st
                          "architecture the weights were trained with")
 
 
+def moved_outside_inference(module: torch.nn.Module, *to_args) -> torch.nn.Module:
+    """module.to(*to_args) with inference mode off: ComfyUI runs nodes under torch.inference_mode, and a move
+    made there (to the GPU: a real copy) turns the weights into inference tensors that autograd cannot save,
+    so loss guidance would fail on the GPU only."""
+    with torch.inference_mode(False):
+        return module.to(*to_args)
+
+
 # --------------------------------------------------------------------------------------------- open_clip
 
 @dataclass
@@ -76,13 +84,13 @@ class OpenClip:
 
     def encode_text(self, texts: list[str]) -> torch.Tensor:
         device = comfy.model_management.get_torch_device()
-        self.model.to(device)
+        moved_outside_inference(self.model, device)
         with torch.inference_mode(False), torch.no_grad():
             return self.model.encode_text(self.tokenizer(texts).to(device)).float()
 
     def encode_image(self, images: torch.Tensor) -> torch.Tensor:
         """images (B, 3, H, W) in [0, 1] → embeddings; differentiable."""
-        self.model.to(images.device)
+        moved_outside_inference(self.model, images.device)
         x = losses.prepare(images, self.image_size, self.mean, self.std)
         return self.model.encode_image(x.to(next(self.model.parameters()).dtype)).float()
 
@@ -161,7 +169,7 @@ class GuidanceNetwork:
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         """images (B, 3, H, W) in [0, 1] → the network's main output; differentiable."""
-        self.module.to(images.device)
+        moved_outside_inference(self.module, images.device)
         out = self.module(losses.prepare(images, self.size, self.mean, self.std, self.channels))
         if isinstance(out, dict):                         # torchvision segmentation models
             out = out["out"]

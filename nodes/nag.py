@@ -46,6 +46,16 @@ class UNetCrossAttention:
 
     def __init__(self, module, negative: torch.Tensor, settings: Settings, previous):
         self.module, self.negative, self.settings, self.previous = module, negative, settings, previous
+        self._keys: tuple | None = None          # (which weights, dtype, device) → the negative's keys and values
+
+    def negative_keys(self, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """to_k / to_v of the negative prompt, computed once per weights, dtype and device (not at every call)."""
+        weights = (self.module.to_k.weight, self.module.to_v.weight)
+        tag = (tuple((w.data_ptr(), w._version) for w in weights), like.dtype, like.device)
+        if self._keys is None or self._keys[0] != tag:
+            negative = self.negative.to(like.device, like.dtype)
+            self._keys = (tag, self.module.to_k(negative), self.module.to_v(negative))
+        return self._keys[1], self._keys[2]
 
     def attention(self, q, k, v, extra_options):
         if self.previous is not None:
@@ -62,13 +72,10 @@ class UNetCrossAttention:
         per_chunk = q.shape[0] // len(labels)
         rows = torch.cat([torch.arange(j * per_chunk, (j + 1) * per_chunk) for j, c in enumerate(labels) if c == 0])
         rows = rows.to(q.device)
-        negative = self.negative.to(q.device, q.dtype)
-        k_neg = self.module.to_k(negative).expand(len(rows), -1, -1)
-        v_neg = self.module.to_v(negative).expand(len(rows), -1, -1)
-        z_neg = optimized_attention(q[rows], k_neg, v_neg, extra_options["n_heads"],
-                                    attn_precision=extra_options.get("attn_precision"))
-        out = out.clone()
-        out[rows] = self.settings.combine(out[rows], z_neg)
+        k_neg, v_neg = self.negative_keys(q)
+        z_neg = optimized_attention(q[rows], k_neg.expand(len(rows), -1, -1), v_neg.expand(len(rows), -1, -1),
+                                    extra_options["n_heads"], attn_precision=extra_options.get("attn_precision"))
+        out[rows] = self.settings.combine(out[rows], z_neg)           # a fresh attention output: safe in place
         return out
 
 

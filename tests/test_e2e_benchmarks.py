@@ -119,3 +119,22 @@ def test_training_scripts_run_end_to_end(tmp_path):
     names = {p.name for p in tmp_path.glob("*.safetensors")}
     assert {"toy-main.safetensors", "toy-weak.safetensors", "toy-uncond.safetensors",
             "toy-classifier-linear.safetensors", "toy-classifier-mlp.safetensors"} <= names
+
+
+def test_gpu_benchmark_smoke_runs_every_row_on_the_cpu_path(tmp_path):
+    """benchmarks/gpu.py --smoke: the GPU benchmark's code on thin models on the CPU (nothing written)."""
+    out = run_script(REPO / "benchmarks" / "gpu.py", "--smoke", "--models", "sd15", "--out", tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    for row in ("cfg", "core PAG", "PAG batched", "PAG separate", "SEG batched", "SAG", "TPG batched", "STG batched",
+                "NAG (cfg 1)", "FDG", "AG half-width weak (cfg 1)", "FreeDoM + Polyak exact, TAESD"):
+        assert f"sd15  {row} " in out.stdout, (row, out.stdout[-2000:])
+    assert "smoke run: results not written" in out.stdout and not (tmp_path / "gpu.json").exists()
+
+
+def test_gpu_benchmark_without_a_gpu_says_so_and_succeeds(tmp_path):
+    import torch
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU: the benchmark would run")
+    out = run_script(REPO / "benchmarks" / "gpu.py", "--out", tmp_path)
+    assert out.returncode == 0 and "no CUDA GPU on this machine" in out.stdout
+    assert not (tmp_path / "gpu.json").exists()

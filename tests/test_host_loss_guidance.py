@@ -299,3 +299,17 @@ def test_segmentation_mask_of_another_size_is_resized_another_aspect_is_refused(
         with torch.inference_mode():
             bad = lg[1].SegmentationLossGK.execute(net, square, 7, 0, 1.0).result[0]
         sample(thin, guide(lg, model, taesd, bad, "FreeDoM", "polyak", 1.0))
+
+
+def test_networks_moved_under_inference_mode_keep_ordinary_weights(lg, thin):
+    """ComfyUI runs nodes under inference mode; moving a loss network to the GPU there copies its weights as
+    inference tensors (found by benchmarks/gpu.py on an H200). A dtype change copies the same way on the CPU."""
+    net = torch.nn.Linear(4, 4)
+    with torch.inference_mode():
+        plain = torch.nn.Linear(4, 4).to(torch.float64)
+        ours = lg[2].moved_outside_inference(net, torch.float64)
+    assert next(plain.parameters()).is_inference(), "the check must be able to fail: a plain move makes them"
+    assert not any(p.is_inference() for p in ours.parameters())
+    x = torch.randn(2, 4, dtype=torch.float64, requires_grad=True)
+    ours(x).sum().backward()
+    assert x.grad is not None
