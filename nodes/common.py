@@ -10,11 +10,12 @@ REPLACE_UNCOND_COST = {"widget": "mode", "value": MODES[1], "extra_passes": 0,  
                        "what": "the perturbed pass takes the unconditional pass's place"}
 
 LAYERS_TOOLTIP = ("Self-attention layers to perturb, comma-separated: place[.ids[.indices]] with numbers or "
-                  "ranges a-b, a missing part meaning all. UNet: input / middle / output, e.g. 'middle', "
-                  "'output.0-2', 'input.4.1'. Flux/Chroma, HunyuanVideo, AuraFlow: 'double.3, single.0-5'. "
-                  "SD3: 'joint.12'. Qwen-Image, Lumina 2 / Z-Image, OmniGen2: 'double.15'. "
-                  "Wan, LTX-Video, Mochi, Cosmos: 'block.15'. 'default' = mid block on UNets, the middle block of the "
-                  "stack on DiTs. A wrong name lists this model's layers in the error.")
+                  "ranges a-b, a missing part meaning all; 'all' = every layer. UNet: input / middle / output, "
+                  "e.g. 'middle', 'output.0-2', 'input.4.1'. Flux/Chroma, HunyuanVideo, AuraFlow: "
+                  "'double.3, single.0-5'. SD3: 'joint.1'. Qwen-Image, Lumina 2 / Z-Image, OmniGen2: 'double.15'. "
+                  "Wan, LTX-Video, Mochi, Cosmos: 'block.15'. 'default' = the mid block on UNets (the paper's), "
+                  "joint.1 on SD3 (diffusers' SD3 pipeline), the middle block of the stack on other DiTs. A wrong "
+                  "name lists this model's layers in the error.")
 
 
 def range_inputs() -> list:

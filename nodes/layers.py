@@ -72,6 +72,8 @@ class Family:
                                                 # wraps their forward for the length of a model call to name them
     refs_after: RefsUsed | None = None          # reference latents become tokens after the image, when this says
     accepts: Callable[[object], bool] = lambda dm: True
+    default: str = ""                           # the reference implementation's layer where one exists (else
+                                                # the middle block of the stack)
 
 
 FAMILIES: tuple[Family, ...] = (
@@ -80,7 +82,8 @@ FAMILIES: tuple[Family, ...] = (
            (("double", "double_blocks"), ("single", "single_blocks")), time_embedder="time_in", refs_after=always,
            accepts=lambda dm: not any(getattr(b, "flipped_img_txt", False) for b in dm.double_blocks)),
     Family("mmdit", "SD3 / SD3.5 (MMDiT)", ("diffusionmodules.mmdit.MMDiT",), (("joint", "joint_blocks"),),
-           dit_keys=(("joint", "double_block"),), time_embedder="t_embedder"),
+           dit_keys=(("joint", "double_block"),), time_embedder="t_embedder",
+           default="joint.1"),                  # diffusers' StableDiffusion3PAGPipeline: pag_applied_layers "blocks.1"
     Family("wan", "Wan 2.1 / 2.2 (T2V, I2V)", ("WanModel",), (("block", "blocks"),),
            dit_keys=(("block", "double_block"),), image="only", patch=(1, 2, 2), time_embedder="time_embedding"),
     Family("lumina2", "Lumina 2 / Z-Image (also pixel space)", ("NextDiT",), (("double", "layers"),),
@@ -185,16 +188,23 @@ def architecture_of(dm, node: str) -> Architecture:
     elif family is not None:
         layers = [(place, i) for place, attr in family.stacks for i in range(len(getattr(dm, attr)))]
         middle = format_layers([layers[len(layers) // 2]])
+        preset = family.default if _names_a_layer(family.default, layers) else middle
         image = family.image(dm) if callable(family.image) else family.image
         pad = int(getattr(dm, family.image_pad, None) or 0) if family.image_pad else 0
         patch = family.patch(dm) if callable(family.patch) else family.patch or _patch(dm)
-        return Architecture(family.id, name, tuple(layers), patch, middle, middle,
+        return Architecture(family.id, name, tuple(layers), patch, preset, middle,
                             image == "first", pad, family.dit_keys, family.stacks if family.wrap else (),
                             family.refs_after)
     supported = ", ".join(f.name for f in FAMILIES)
     why = f" ({UNREACHABLE[name][0]}: {UNREACHABLE[name][1]})" if name in UNREACHABLE else ""
     raise ValueError(f"{node}: this model ({name}) has no self-attention GuideKit can reach{why}. "
                      f"Supported: {supported}.")
+
+
+def _names_a_layer(text: str, layers: list[Layer]) -> bool:
+    """Whether a 'place.index' preset is one of this model's layers (a smaller variant may lack it)."""
+    place, _, index = text.partition(".")
+    return bool(text) and index.isdigit() and (place, int(index)) in layers
 
 
 def _patch(dm) -> tuple[int, int, int]:
