@@ -1,10 +1,14 @@
 """Does guidance help? Every registered method's scale sweep, scored on models we trained ourselves.
 
-    python3 scripts/host.py run-python benchmarks/quality.py [--smoke] [--datasets toy mnist]
+    python3 scripts/host.py run-python benchmarks/quality.py [--smoke] [--datasets toy toy-ref mnist]
                                                            [--methods unguided cfg ...] [--merge] [--out DIR]
 
-Settings (benchmarks/evidence/datasets.py): the 2D fractal class A (EDM toy model, Heun 32 steps,
-Karras σ 10 → 0.002; exact log-likelihood, off-support fraction, sliced W2) and class-conditional
+Settings (benchmarks/evidence/datasets.py): the 2D fractal class A with the autoguidance toy example's
+models (class-A main model, guides: a shorter-trained narrower class-A model for autoguidance, an A∪B model
+for CFG), sampled two ways — `toy`: pure noise at σ 10, Heun 32 steps, Karras σ 10 → 0.002; `toy-ref`: the
+toy example's protocol, x_init = exact class-A samples diffused to σ 5, Heun 32 steps, σ 5 → 0.002 —
+each scored by our metrics (exact mean log-likelihood, off-support fraction, sliced W2) and the toy
+example's (log p clamped at −10, median log p, fraction inside the outline, sliced W1); and class-conditional
 MNIST 16×16 (ComfyUI UNet, euler 20 steps, normal schedule; Fréchet distance, accuracy, precision
 and recall in the evaluation classifier's feature space against 2,000 held-out digits). Each cell is
 mean ± std over seeds. Methods come from benchmarks/evidence/methods.py (one registry entry each),
@@ -35,11 +39,11 @@ from evidence.grids import mnist_grid, toy_grid  # noqa: E402
 from evidence.methods import REGISTRY  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
-FULL = {"seeds": (0, 1, 2), "n": {"toy": 2000, "mnist": 300, "mnist-uncond": 300}, "steps": None}
-SMOKE = {"seeds": (0, 1), "n": {"toy": 64, "mnist": 10, "mnist-uncond": 10},
-         "steps": {"toy": 4, "mnist": 3, "mnist-uncond": 3}}
+FULL = {"seeds": (0, 1, 2), "n": {"toy": 4096, "toy-ref": 16384, "mnist": 300, "mnist-uncond": 300}, "steps": None}
+SMOKE = {"seeds": (0, 1), "n": {"toy": 64, "toy-ref": 64, "mnist": 10, "mnist-uncond": 10},
+         "steps": {"toy": 4, "toy-ref": 4, "mnist": 3, "mnist-uncond": 3}}
 BASE_LABEL = {"cfg": "CFG", "unguided": "unguided"}
-GRIDS = {"toy": toy_grid, "mnist": mnist_grid, "mnist-uncond": mnist_grid}
+GRIDS = {"toy": toy_grid, "toy-ref": toy_grid, "mnist": mnist_grid, "mnist-uncond": mnist_grid}
 
 
 def summarize(values: list[float]) -> dict:
@@ -77,13 +81,13 @@ def run_setting(name: str, methods: list[str], plan: dict, smoke: bool) -> dict:
                 first = samples if first is None else first
                 for k, v in setting.score(samples, seed).items():
                     per_metric[k].append(v)
-            label = method.label.format(s=f"{scale:g}")
+            label = method.label_for(name, scale)
             row = {"method": method_name, "label": label, "scale": scale, "cfg": cfg,
                    "metrics": {k: summarize(v) for k, v in per_metric.items()},
                    "seconds_per_run": statistics.fmean(seconds)}
             rows.append(row)
             grid.append((label, first))
-            print(f"  {name:5s} {label:24s} " + "  ".join(
+            print(f"  {name:7s} {label:24s} " + "  ".join(
                 f"{k} {row['metrics'][k]['mean']:.4g}±{row['metrics'][k]['std']:.2g}" for k in per_metric)
                 + f"  {row['seconds_per_run']:.1f} s", flush=True)
     time_base = "cfg" if any(r["method"] == "cfg" for r in rows) else "unguided"   # unconditional models: no CFG
@@ -91,6 +95,7 @@ def run_setting(name: str, methods: list[str], plan: dict, smoke: bool) -> dict:
     for r in rows:
         r["time_ratio"] = r["seconds_per_run"] / base if base else None
     return {"sampler": setting.sampler, "scheduler": setting.scheduler, "steps": steps, "samples_per_seed": n,
+            "protocol": getattr(setting, "note", ""),
             "seeds": list(plan["seeds"]), "higher_is_better": setting.higher_is_better, "time_base": time_base,
             "reference": {k: summarize(v) for k, v in ref.items()}, "runs": rows}, grid
 
@@ -104,8 +109,10 @@ def markdown(results: dict) -> str:
         keys = list(ds["higher_is_better"])
         arrows = [f"{k} {'↑' if ds['higher_is_better'][k] else '↓'}" for k in keys]
         lines += [f"## {name} ({ds['samples_per_seed']} samples × {len(ds['seeds'])} seeds, "
-                  f"{ds['sampler']} {ds['steps']} steps, {ds['scheduler']})", "",
-                  "| method | " + " | ".join(arrows) + f" | time vs {BASE_LABEL[ds['time_base']]} |",
+                  f"{ds['sampler']} {ds['steps']} steps, {ds['scheduler']})", ""]
+        if ds.get("protocol"):
+            lines += [ds["protocol"], ""]
+        lines += ["| method | " + " | ".join(arrows) + f" | time vs {BASE_LABEL[ds['time_base']]} |",
                   "|---|" + "---|" * (len(keys) + 1)]
         ref = ds["reference"]
         lines.append("| *real data* | "
@@ -125,10 +132,13 @@ def merged(old: dict, new: dict, methods: list[str]) -> dict:
     out = {"meta": {**new["meta"], "merged_into": old["meta"], "methods_run": methods},
            "datasets": dict(old["datasets"])}
     for name, ds in new["datasets"].items():
-        kept = [r for r in old["datasets"].get(name, {}).get("runs", []) if r["method"] not in methods]
+        # Old rows are kept only where they were scored with this run's metrics (a setting whose metrics or
+        # model changed is re-run whole); the setting's own fields (reference row, counts) are this run's.
+        kept = [r for r in old["datasets"].get(name, {}).get("runs", [])
+                if r["method"] not in methods and set(r["metrics"]) == set(ds["higher_is_better"])]
         runs = sorted(kept + ds["runs"], key=lambda r: (order.index(r["method"]) if r["method"] in order else 99,
                                                        r["scale"]))
-        out["datasets"][name] = {**old["datasets"].get(name, ds), "runs": runs}
+        out["datasets"][name] = {**old["datasets"].get(name, {}), **ds, "runs": runs}
     return out
 
 

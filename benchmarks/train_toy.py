@@ -2,15 +2,21 @@
 
     python3 scripts/host.py run-python benchmarks/train_toy.py [MODEL ...] [--iters N] [--out-dir DIR] [--quiet]
 
-MODEL (all by default; about 15 minutes in all on 2 CPU cores):
-  main             class-conditional denoiser (A, B, 20 % null → the A∪B mixture), MLP 64×4, 4096 iterations
-  weak             the same with width 32 trained for 512 iterations (the autoguidance toy's guiding model)
-  uncond           unconditional denoiser of A∪B, width 32, 512 iterations (the toy example's CFG guide)
+MODEL (all by default):
+  a-main           class A only (no class input), MLP 64×4, 4096 iterations × 4096 — the toy example's main model
+  a-weak           class A only, width 32, 512 iterations — the toy example's autoguidance guide
+  ab-uncond        A∪B without a condition, width 32, 512 iterations — the toy example's CFG guide
+  main             (earlier recipe) class-conditional denoiser (A, B, 20 % null → A∪B), MLP 64×4, 4096 iterations
+  weak             (earlier recipe) the same with width 32 trained for 512 iterations
+  uncond           (earlier recipe) A∪B through the null token, width 32, 512 iterations
   classifier-linear, classifier-mlp   noisy classifiers p(A|x_σ, σ) for classifier/loss guidance
 Denoisers (log-density MLPs, networks.ToyDenoiser) are trained inside ComfyUI's EDM model (σ_data
 0.5) against the *exact* denoiser of the heat-diffused mixture, E[x_0|x_σ] = x + σ²∇log p(x;σ) — the
-toy example's exact score matching — with σ ~ lognormal(−2.3, 1.5), EDM's loss weight
-(σ² + σ_d²)/(σσ_d)², Adam(0.9, 0.99) at 1e-2/√max(i/512, 1), EMA of weights.
+toy example's exact score matching — with σ ~ lognormal(−2.3, 1.5), Adam(0.9, 0.99) at 1e-2/√max(i/512, 1).
+Recipe "toy-example" (a-main, a-weak, ab-uncond: NVlabs/edm2 toy_example.py's `do_train` defaults):
+batch 4096, loss σ²·mean‖∇log p_net − ∇log p‖² = mean‖D_net − D‖²/σ², power-function EMA (std 0.010), one
+distribution per model. Recipe "earlier" (main, weak, uncond; kept for the null-token CFG, ICG and flow
+refiner rows): batch 2048, EDM's loss weight (σ² + σ_d²)/(σσ_d)² on ‖D_net − D‖², EMA 0.98, class input.
 """
 from __future__ import annotations
 
@@ -28,15 +34,21 @@ from guidekit.cli.inprocess import import_comfy
 import_comfy()                   # ComfyUI in-process (CPU) before anything below imports it
 
 from evidence import fractal  # noqa: E402
-from evidence.networks import TOY_CLASSES, ToyClassifier, toy_context  # noqa: E402
-from evidence.training import EMA, WEIGHTS, progress, save_weights  # noqa: E402
+from evidence.networks import TOY_CLASSES, TOY_CONTEXT, ToyClassifier, toy_context  # noqa: E402
+from evidence.training import EMA, WEIGHTS, PowerEMA, progress, save_weights  # noqa: E402
 
 P_MEAN, P_STD, SIGMA_DATA = -2.3, 1.5, 0.5
-BATCH = 2048
-DENOISERS = {  # name: hidden, layers, iterations, null fraction (1.0 = unconditional), seed
-    "main": (64, 4, 4096, 0.2, 0),
-    "weak": (32, 4, 512, 0.2, 1),       # the toy example's guiding model: width 32, 512 iterations
-    "uncond": (32, 4, 512, 1.0, 2),     # the toy example's CFG guiding model: A∪B, width 32, 512 iterations
+BATCH = 2048                   # the earlier recipe's batch (and the classifiers')
+REF_BATCH, REF_EMA_STD = 4096, 0.010
+# name: hidden, layers, iterations, data, seed, recipe. data "A" / "AB": one distribution, no class input;
+# a float: class-conditional A / B with that fraction of null-token rows drawn from A∪B (1.0 = null only).
+DENOISERS = {
+    "a-main": (64, 4, 4096, "A", 0, "toy-example"),
+    "a-weak": (32, 4, 512, "A", 0, "toy-example"),       # toy_example.py: clsA-layers04-dim32/iter0512
+    "ab-uncond": (32, 4, 512, "AB", 0, "toy-example"),   # toy_example.py: clsAB-layers04-dim32/iter0512
+    "main": (64, 4, 4096, 0.2, 0, "earlier"),
+    "weak": (32, 4, 512, 0.2, 1, "earlier"),
+    "uncond": (32, 4, 512, 1.0, 2, "earlier"),
 }
 CLASSIFIERS = {"classifier-linear": (0, 2000, 3), "classifier-mlp": (64, 2000, 4)}  # hidden, iterations, seed
 
@@ -46,6 +58,14 @@ def data_hash() -> str:
     m = fractal.mixture("AB")
     return hashlib.sha256(
         torch.cat([m.weights.flatten(), m.means.flatten(), m.covs.flatten()]).numpy().tobytes()).hexdigest()
+
+
+def single_batch(n: int, classes: str, gen: torch.Generator):
+    """Points x_σ of one distribution ('A' or 'AB') and their exact denoiser target (float32, as the toy example)."""
+    sigma = (torch.randn(n, generator=gen) * P_STD + P_MEAN).exp()
+    gt = fractal.mixture(classes)
+    x = gt.sample(n, sigma, generator=gen)
+    return x, gt.denoise(x, sigma, torch.float32), sigma
 
 
 def noisy_batch(n: int, null_fraction: float, gen: torch.Generator):
@@ -78,33 +98,46 @@ def train_denoiser(name: str, iters: int | None, out_dir: Path, quiet: bool) -> 
     from guidekit.nodes import compat
 
     from evidence.comfy_models import toy_base_model
-    hidden, layers, default_iters, null_fraction, seed = DENOISERS[name]
+    hidden, layers, default_iters, data, seed, recipe = DENOISERS[name]
     iters = iters or default_iters
+    single = isinstance(data, str)              # one distribution: no class input (the toy example's model)
+    context = 0 if single else TOY_CONTEXT
+    batch = REF_BATCH if recipe == "toy-example" else BATCH
     torch.manual_seed(seed)
-    model = toy_base_model(hidden, layers)
+    model = toy_base_model(hidden, layers, context)
     net = model.diffusion_model
     net.train().requires_grad_(True)       # newer ComfyUI builds its layers' parameters frozen
     opt = torch.optim.Adam(net.parameters(), betas=(0.9, 0.99))
-    ema = EMA(net, 0.98)
+    ema = PowerEMA(net, REF_EMA_STD) if recipe == "toy-example" else EMA(net, 0.98)
     gen = torch.Generator().manual_seed(seed)
     t0 = time.monotonic()
     bar = progress(iters, f"toy {name}", quiet)
     with compat.gradients():        # ComfyUI's ops differentiate only in training mode (0.33+)
         for i in bar:
             opt.param_groups[0]["lr"] = lr_at(i)
-            x, target, labels, sigma = noisy_batch(BATCH, null_fraction, gen)
-            d = model.apply_model(x.view(-1, 2, 1, 1), sigma, c_crossattn=toy_context(labels)).view(-1, 2)
-            weight = (sigma ** 2 + SIGMA_DATA ** 2) / (sigma * SIGMA_DATA) ** 2
-            loss = (weight * (d - target).square().sum(1)).mean()
+            if single:
+                x, target, sigma = single_batch(batch, data, gen)
+                cond = None
+            else:
+                x, target, labels, sigma = noisy_batch(batch, data, gen)
+                cond = toy_context(labels)
+            d = model.apply_model(x.view(-1, 2, 1, 1), sigma, c_crossattn=cond).view(-1, 2)
+            if recipe == "toy-example":     # σ²·mean_dims(score error²), as toy_example.py's do_train
+                loss = ((d - target).square().mean(1) / sigma ** 2).mean()
+            else:
+                weight = (sigma ** 2 + SIGMA_DATA ** 2) / (sigma * SIGMA_DATA) ** 2
+                loss = (weight * (d - target).square().sum(1)).mean()
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             ema.update(net)
             if i % 64 == 0:
                 bar.set_postfix(loss=f"{loss.item():.4f}")
+    extra = {"classes": data} if single else {"null_fraction": data}
     return save_weights(out_dir / f"toy-{name}.safetensors", ema.model.state_dict(), "guidekit-toy-denoiser",
-                        time.monotonic() - t0, data_hash(), model=name, iterations=iters, batch=BATCH, seed=seed,
-                        arch={"hidden": hidden, "layers": layers}, null_fraction=null_fraction)
+                        time.monotonic() - t0, data_hash(), model=name, iterations=iters, batch=batch, seed=seed,
+                        arch={"hidden": hidden, "layers": layers, "context": context}, recipe=recipe,
+                        ema=f"power std {REF_EMA_STD}" if recipe == "toy-example" else "constant 0.98", **extra)
 
 
 def train_classifier(name: str, iters: int | None, out_dir: Path, quiet: bool) -> Path:

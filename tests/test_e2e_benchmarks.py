@@ -80,7 +80,7 @@ def test_quality_smoke_scores_every_registered_method(tmp_path):
     results = json.loads((tmp_path / "quality.json").read_text())
     assert results["meta"]["smoke"] is True
     from evidence.methods import REGISTRY
-    for dataset in ("toy", "mnist", "mnist-uncond"):
+    for dataset in ("toy", "toy-ref", "mnist", "mnist-uncond"):
         ds = results["datasets"][dataset]
         expected = {name for name, m in REGISTRY.items() if dataset in m.scales}
         assert {r["method"] for r in ds["runs"]} == expected
@@ -92,6 +92,9 @@ def test_quality_smoke_scores_every_registered_method(tmp_path):
             assert run["time_ratio"] > 0
         assert ds["time_base"] == ("unguided" if dataset == "mnist-uncond" else "cfg")
         assert Image.open(tmp_path / f"quality_{dataset}.png").size[0] > 100
+    for dataset in ("toy", "toy-ref"):          # the toy example's four metrics beside ours (issue 22)
+        assert {"clamped log p", "median log p", "inside", "sliced W1", "log-likelihood"} <= set(
+            results["datasets"][dataset]["higher_is_better"])
     table = (tmp_path / "quality.md").read_text()
     assert "| *real data* |" in table and "| CFG 1.5 |" in table and "| PAG 1 |" in table
     assert "| AG w=1.5 |" in table and "| SIMS w=1.5 |" in table and "| TSG s=8 w=1.5 |" in table
@@ -111,13 +114,15 @@ def test_training_scripts_run_end_to_end(tmp_path):
     check = ("import sys, pathlib;"
              "from evidence import comfy_models as c; p = pathlib.Path(sys.argv[1]);"
              "c.mnist_patcher(p / 'main.safetensors'); c.mnist_patcher(p / 'sims.safetensors'); "
-             "c.toy_patcher(p / 'toy-main.safetensors');"
+             "c.toy_patcher(p / 'toy-main.safetensors'); c.toy_patcher(p / 'toy-a-main.safetensors');"
+             "c.toy_patcher(p / 'toy-ab-uncond.safetensors');"
              "c.toy_patcher(p / 'toy-weak.safetensors'); print('loaded')")
     out = subprocess.run([sys.executable, "-c", check, str(tmp_path)], capture_output=True, text=True,
                          env=os.environ.copy(), cwd=REPO, timeout=300)
     assert out.returncode == 0 and "loaded" in out.stdout, out.stderr[-3000:]
     names = {p.name for p in tmp_path.glob("*.safetensors")}
-    assert {"toy-main.safetensors", "toy-weak.safetensors", "toy-uncond.safetensors",
+    assert {"toy-main.safetensors", "toy-weak.safetensors", "toy-uncond.safetensors", "toy-a-main.safetensors",
+            "toy-a-weak.safetensors", "toy-ab-uncond.safetensors",
             "toy-classifier-linear.safetensors", "toy-classifier-mlp.safetensors"} <= names
 
 

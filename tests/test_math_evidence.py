@@ -101,3 +101,57 @@ def test_toy_metrics_on_ground_truth_samples():
     assert w_self < 0.03 and w_shift > 0.15
     with pytest.raises(ValueError):
         metrics.sliced_wasserstein(truth[:10], truth[:11])
+
+
+def test_toy_example_metrics_on_ground_truth_samples():
+    """The toy example's four metrics (issue 22): exact samples score as the reference reports them
+    (clamped mean 1.339, median 1.445, inside 0.987 at 16,384 samples), class B far worse."""
+    m = fractal.mixture("A")
+    gen = torch.Generator().manual_seed(6)
+    outline = metrics.outline_threshold(m)
+    g = torch.linspace(-1.6, 1.6, 400, dtype=torch.float64)
+    grid = torch.stack(torch.meshgrid(g, g, indexing="xy"), dim=-1).reshape(-1, 2)
+    assert outline == pytest.approx(float(m.log_prob(grid).max()) - 2.12 ** 2)
+    truth, other = m.sample(16384, generator=gen), m.sample(16384, generator=gen)
+    exact = metrics.toy_example_metrics(truth, m, outline, other)
+    assert exact["clamped log p"] == pytest.approx(1.34, abs=0.04)
+    assert exact["median log p"] == pytest.approx(1.445, abs=0.03)
+    assert exact["inside"] == pytest.approx(0.987, abs=0.004)
+    assert exact["sliced W1"] < 0.01
+    b = fractal.mixture("B").sample(16384, generator=gen)
+    wrong = metrics.toy_example_metrics(b, m, outline, other)
+    assert wrong["clamped log p"] < -9 and wrong["inside"] < 0.05 and wrong["sliced W1"] > 0.3
+    assert metrics.sliced_w1(truth + torch.tensor([0.2, 0.0]), other) > 0.1
+    with pytest.raises(ValueError):
+        metrics.sliced_w1(truth[:10], truth[:11])
+
+
+def test_float32_exact_score_matches_float64():
+    """Training targets use the float32 score (the toy example's precision): relative error ≪ 1 %."""
+    m = fractal.mixture("A")
+    gen = torch.Generator().manual_seed(7)
+    sigma = (torch.randn(2048, generator=gen) * 1.5 - 2.3).exp()
+    x = m.sample(2048, sigma, generator=gen)
+    s64, s32 = m.score(x, sigma), m.score(x, sigma, torch.float32)
+    assert s32.dtype == torch.float32
+    rel = (s32.double() - s64.double()).norm(dim=1) / s64.double().norm(dim=1).clamp(min=1e-3)
+    assert float(rel.max()) < 1e-3
+
+
+def test_power_ema_matches_the_power_function_profile():
+    """EDM2's power-function EMA: β_t = (1 − 1/t)^(γ+1), γ from the relative std (std 0.010 → γ ≈ 97)."""
+    from evidence.training import PowerEMA
+    net = torch.nn.Linear(2, 1, bias=False)
+    ema = PowerEMA(net, 0.010)
+    g = ema.gamma
+    assert math.sqrt((g + 1) / (g + 2) ** 2 / (g + 3)) == pytest.approx(0.010, rel=1e-9)
+    assert g == pytest.approx(96.995, abs=0.01)
+    with torch.no_grad():
+        net.weight.fill_(2.0)
+    ema.update(net)                                  # t = 1: β = 0, the average is the weights themselves
+    assert torch.allclose(ema.model.weight, torch.full((1, 2), 2.0))
+    with torch.no_grad():
+        net.weight.fill_(0.0)
+    ema.update(net)                                  # t = 2: β = (1/2)^(γ+1) ≈ 0
+    beta = 0.5 ** (g + 1)
+    assert torch.allclose(ema.model.weight, torch.full((1, 2), 2.0 * beta))

@@ -17,7 +17,7 @@ import comfy.utils  # noqa: E402
 
 from guidekit.nodes import demo_mnist  # noqa: E402  (the pack, linked by scripts/host.py)
 
-from .networks import ToyDenoiser  # noqa: E402
+from .networks import TOY_CONTEXT, ToyDenoiser  # noqa: E402
 
 TOY_SIGMA = {"sigma_min": 0.002, "sigma_max": 10.0, "sigma_data": 0.5}   # EDM toy (σ_data 0.5)
 
@@ -36,18 +36,18 @@ class ToyConfig(comfy.supported_models_base.BASE):
     supported_inference_dtypes = [torch.float32]
 
 
-def toy_base_model(hidden: int, layers: int):
-    """ComfyUI's BaseModel (EDM preconditioning, σ_data 0.5) around a ToyDenoiser."""
-    config = ToyConfig({"hidden": hidden, "layers": layers})
+def toy_base_model(hidden: int, layers: int, context: int = TOY_CONTEXT):
+    """ComfyUI's BaseModel (EDM preconditioning, σ_data 0.5) around a ToyDenoiser (context 0: no class input)."""
+    config = ToyConfig({"hidden": hidden, "layers": layers, "context": context})
     config.set_inference_dtype(torch.float32, None)
     return comfy.model_base.BaseModel(config, model_type=comfy.model_base.ModelType.EDM,
                                       device=torch.device("cpu"), unet_model=ToyDenoiser)
 
 
 def toy_patcher(path: Path):
-    """ModelPatcher for a trained 2D denoiser file (its width and depth are in the file's metadata)."""
+    """ModelPatcher for a trained 2D denoiser file (its width, depth and class input are in its metadata)."""
     arch = json.loads(demo_mnist.read_metadata(path)["guidekit.arch"])
-    model = toy_base_model(arch["hidden"], arch["layers"])
+    model = toy_base_model(arch["hidden"], arch["layers"], arch.get("context", TOY_CONTEXT))
     model.diffusion_model.load_state_dict(comfy.utils.load_torch_file(str(path)))
     model.eval()
     cpu = torch.device("cpu")

@@ -97,22 +97,51 @@ class MNISTSetting(Setting):
 
 
 class ToySetting(Setting):
-    """The 2D fractal, class A (the autoguidance toy's setting): exact log-likelihood and support."""
+    """The 2D fractal, class A (the autoguidance toy's setting): exact log-likelihood and support.
 
-    def __init__(self, weights: Path = WEIGHTS / "toy-main.safetensors"):
-        super().__init__("toy", "heun", "karras", 32,
-                         {"log-likelihood": True, "off-support": False, "sliced W2": False})
+    protocol "own": pure noise at σ 10, Heun 32 steps on ComfyUI's Karras schedule (σ 10 → 0.002).
+    protocol "toy-example": NVlabs/edm2 toy_example.py's `do_sample` — x_init = exact class-A samples
+    diffused to σ 5 (x = a + 5·n), Heun 32 steps on the Karras schedule σ 5 → 0.002 (ρ 7) — through
+    comfy.sample.sample_custom. `extended` adds the toy example's metrics (see metrics.TOY_EXAMPLE_METRICS).
+    """
+
+    SIGMA_MAX_TOY_EXAMPLE = 5.0
+
+    def __init__(self, weights: Path = WEIGHTS / "toy-main.safetensors", name: str = "toy", protocol: str = "own",
+                 extended: bool = False):
+        metrics_used = {"log-likelihood": True, "off-support": False, "sliced W2": False}
+        if extended:
+            metrics_used |= metrics.TOY_EXAMPLE_METRICS
+        super().__init__(name, "heun", "karras", 32, metrics_used)
+        if protocol not in ("own", "toy-example"):
+            raise ValueError(f"unknown toy protocol {protocol!r}")
+        self.protocol, self.extended = protocol, extended
+        self.note = (f"Model `{weights.stem}`. " + (
+            "Protocol: pure noise at σ 10, ComfyUI's Karras schedule σ 10 → 0.002." if protocol == "own" else
+            "Protocol: the toy example's — x_init = exact class-A samples + 5·noise, Karras σ 5 → 0.002 (ρ 7)."))
         self.model = toy_patcher(weights)
         self.gt = fractal.mixture("A")
         self.threshold = metrics.support_threshold(self.gt)
+        self.outline = metrics.outline_threshold(self.gt) if extended else None
 
     def sample(self, model, cfg, seed, n, steps):
-        latent = torch.zeros(n, 2, 1, 1)
-        noise = torch.randn(latent.shape, generator=torch.Generator().manual_seed(seed))
         positive = [[toy_context(torch.zeros(1, dtype=torch.int64)), {}]]
         negative = [[toy_context(torch.full((1,), 2, dtype=torch.int64)), {}]]
-        out = comfy.sample.sample(model, noise, steps, cfg, self.sampler, self.scheduler, positive, negative,
-                                  latent, seed=seed, disable_pbar=True)
+        gen = torch.Generator().manual_seed(seed)
+        if self.protocol == "own":
+            latent = torch.zeros(n, 2, 1, 1)
+            noise = torch.randn(latent.shape, generator=gen)
+            out = comfy.sample.sample(model, noise, steps, cfg, self.sampler, self.scheduler, positive, negative,
+                                      latent, seed=seed, disable_pbar=True)
+            return out.reshape(n, 2)
+        # toy example: ComfyUI starts at latent + σ_0·noise (σ_0 = 5 is below the model's σ_max 10, so no
+        # max-denoise rescaling); the latent is an exact class-A sample, so x_init = a + 5·n exactly.
+        start = self.gt.sample(n, generator=gen).reshape(n, 2, 1, 1)
+        noise = torch.randn(start.shape, generator=gen)
+        # comfy.sample loads comfy.samplers and comfy.k_diffusion.sampling
+        sigmas = comfy.k_diffusion.sampling.get_sigmas_karras(steps, 0.002, self.SIGMA_MAX_TOY_EXAMPLE, rho=7.0)
+        out = comfy.sample.sample_custom(model, noise, cfg, comfy.samplers.sampler_object(self.sampler), sigmas,
+                                         positive, negative, start, seed=seed, disable_pbar=True)
         return out.reshape(n, 2)
 
     def reference(self, seed, n):
@@ -120,9 +149,12 @@ class ToySetting(Setting):
 
     def score(self, samples, seed):
         truth = self.gt.sample(samples.shape[0], generator=torch.Generator().manual_seed(2000 + seed))
-        return {"log-likelihood": metrics.mean_log_likelihood(samples, self.gt),
-                "off-support": metrics.off_support_fraction(samples, self.gt, self.threshold),
-                "sliced W2": metrics.sliced_wasserstein(samples, truth)}
+        scores = {"log-likelihood": metrics.mean_log_likelihood(samples, self.gt),
+                  "off-support": metrics.off_support_fraction(samples, self.gt, self.threshold),
+                  "sliced W2": metrics.sliced_wasserstein(samples, truth)}
+        if self.extended:
+            scores |= metrics.toy_example_metrics(samples, self.gt, self.outline, truth, seed)
+        return scores
 
 
 class MNISTUncondSetting(MNISTSetting):
@@ -147,4 +179,15 @@ class MNISTUncondSetting(MNISTSetting):
         return scores
 
 
-SETTINGS = {"toy": ToySetting, "mnist": MNISTSetting, "mnist-uncond": MNISTUncondSetting}
+def toy_main() -> ToySetting:
+    """The toy setting of the quality benchmark: the toy example's class-A model, our sampling protocol."""
+    return ToySetting(WEIGHTS / "toy-a-main.safetensors", "toy", "own", extended=True)
+
+
+def toy_reference_protocol() -> ToySetting:
+    """The same model under the toy example's own protocol (x_init = a + 5·n, Heun 32, σ 5 → 0.002)."""
+    return ToySetting(WEIGHTS / "toy-a-main.safetensors", "toy-ref", "toy-example", extended=True)
+
+
+SETTINGS = {"toy": toy_main, "toy-ref": toy_reference_protocol, "mnist": MNISTSetting,
+            "mnist-uncond": MNISTUncondSetting}

@@ -52,18 +52,20 @@ class GaussianMixture:
     means: torch.Tensor     # (K, 2)
     covs: torch.Tensor      # (K, 2, 2)
 
-    def _terms(self, x: torch.Tensor, sigma: torch.Tensor | float):
+    def _terms(self, x: torch.Tensor, sigma: torch.Tensor | float, dtype: torch.dtype = torch.float64):
         """Per point and component: log φ_k N(x; μ_k, Σ_k + σ²I) and (Σ_k + σ²I)⁻¹(μ_k − x), closed-form 2×2."""
-        x = x.double()
-        s2 = torch.as_tensor(sigma, dtype=torch.float64).reshape(-1, 1) ** 2          # (N or 1, 1)
-        a = self.covs[:, 0, 0].unsqueeze(0) + s2
-        b = self.covs[:, 0, 1].unsqueeze(0).expand_as(a)
-        c = self.covs[:, 1, 1].unsqueeze(0) + s2
+        x = x.to(dtype)
+        s2 = torch.as_tensor(sigma, dtype=dtype).reshape(-1, 1) ** 2                  # (N or 1, 1)
+        covs, means = self.covs.to(dtype), self.means.to(dtype)
+        a = covs[:, 0, 0].unsqueeze(0) + s2
+        b = covs[:, 0, 1].unsqueeze(0).expand_as(a)
+        c = covs[:, 1, 1].unsqueeze(0) + s2
         det = a * c - b * b
-        dx = self.means[:, 0].unsqueeze(0) - x[:, :1]                                # μ − x: (N, K)
-        dy = self.means[:, 1].unsqueeze(0) - x[:, 1:]
+        dx = means[:, 0].unsqueeze(0) - x[:, :1]                                     # μ − x: (N, K)
+        dy = means[:, 1].unsqueeze(0) - x[:, 1:]
         px, py = (c * dx - b * dy) / det, (a * dy - b * dx) / det                    # (Σ + σ²I)⁻¹(μ − x)
-        logn = self.weights.log().unsqueeze(0) - 0.5 * (dx * px + dy * py) - 0.5 * det.log() - math.log(2 * math.pi)
+        logn = (self.weights.log().to(dtype).unsqueeze(0) - 0.5 * (dx * px + dy * py) - 0.5 * det.log()
+                - math.log(2 * math.pi))
         return logn, torch.stack([px, py], dim=-1)
 
     def component_log_densities(self, x: torch.Tensor, sigma: torch.Tensor | float = 0.0) -> torch.Tensor:
@@ -79,16 +81,19 @@ class GaussianMixture:
             parts.append(torch.logsumexp(self.component_log_densities(x[i:i + chunk], s), dim=1))
         return torch.cat(parts).float()
 
-    def score(self, x: torch.Tensor, sigma: torch.Tensor | float = 0.0) -> torch.Tensor:
-        """∇_x log p(x; σ) = Σ_k r_k (Σ_k + σ²I)⁻¹ (μ_k − x), r the component responsibilities."""
-        logn, pull = self._terms(x, sigma)
+    def score(self, x: torch.Tensor, sigma: torch.Tensor | float = 0.0,
+              dtype: torch.dtype = torch.float64) -> torch.Tensor:
+        """∇_x log p(x; σ) = Σ_k r_k (Σ_k + σ²I)⁻¹ (μ_k − x), r the component responsibilities (float32 is
+        the toy example's precision and about twice as fast: training targets use it)."""
+        logn, pull = self._terms(x, sigma, dtype)
         resp = torch.softmax(logn, dim=1)
         return (resp.unsqueeze(-1) * pull).sum(1).to(x.dtype)
 
-    def denoise(self, x: torch.Tensor, sigma: torch.Tensor | float) -> torch.Tensor:
+    def denoise(self, x: torch.Tensor, sigma: torch.Tensor | float,
+                dtype: torch.dtype = torch.float64) -> torch.Tensor:
         """The exact denoiser E[x_0 | x_σ] = x + σ² ∇ log p(x; σ) (Tweedie)."""
         s = torch.as_tensor(sigma, dtype=x.dtype).reshape(-1, 1)
-        return x + s ** 2 * self.score(x, sigma)
+        return x + s ** 2 * self.score(x, sigma, dtype)
 
     def sample(self, n: int, sigma: torch.Tensor | float = 0.0,
                generator: torch.Generator | None = None) -> torch.Tensor:

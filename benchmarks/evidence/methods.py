@@ -2,11 +2,14 @@
 
 An entry turns (model, scale) into (patched model, the sampler's cfg) using the pack's real nodes, so
 the benchmark measures exactly what users run. `scales` maps dataset → sweep; a dataset missing from
-it is skipped (e.g. attention methods on the 2D MLP, which has no attention).
+it is skipped (e.g. attention methods on the 2D MLP, which has no attention). The 2D settings use the
+toy example's models (`toy-a-main`, guides `toy-a-weak` and `toy-ab-uncond`, no class input); methods that need
+a class input run on the earlier class-conditional `toy-main` and say so in their label ("earlier toy-main")
+or in `conditional` below (ICG, CFG-Zero*).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cache
 from typing import Callable
 
@@ -41,6 +44,10 @@ class Method:
     label: str                                   # how the table and grid name it; {s} = the scale
     scales: dict[str, tuple[float, ...]]         # dataset → scale sweep
     apply: Apply
+    dataset_labels: dict[str, str] = field(default_factory=dict)   # dataset → label, where it differs
+
+    def label_for(self, dataset: str, scale: float) -> str:
+        return self.dataset_labels.get(dataset, self.label).format(s=f"{scale:g}")
 
 
 REGISTRY: dict[str, Method] = {}
@@ -53,10 +60,37 @@ def register(method: Method) -> Method:
     return method
 
 
-register(Method("unguided", "unguided", {"toy": (1.0,), "mnist": (1.0,), "mnist-uncond": (1.0,)},
+TOY = ("toy", "toy-ref")           # the 2D settings: our sampling protocol, and the toy example's
+
+
+def is_toy(dataset: str) -> bool:
+    return dataset in TOY
+
+
+def cfg(model, s: float, dataset: str):
+    """CFG. On the 2D settings, as in the toy example: the class-A model guided by a separate model of A∪B
+    without a condition (`toy-ab-uncond`), D_AB + w·(D_A − D_AB) — the two-model form, run through the
+    Autoguidance node (its equation is exactly this with the unconditional model as the 'weak' one)."""
+    if is_toy(dataset):
+        return autoguided(model, trained("toy-ab-uncond"), s), 1.0
+    return model, s
+
+
+def conditional(model, dataset: str):
+    """Methods that need a class input (CFG's null token, ICG, CFG-Zero*): on the 2D settings the earlier
+    class-conditional model `toy-main` (A, B, null), since the toy example's models have no class input."""
+    return trained("toy-main") if is_toy(dataset) else model
+
+
+register(Method("unguided", "unguided",
+                {"toy": (1.0,), "toy-ref": (1.0,), "mnist": (1.0,), "mnist-uncond": (1.0,)},
                 lambda m, s, d: (m, 1.0)))
-register(Method("cfg", "CFG {s}", {"toy": (1.5, 2.0, 3.0, 4.0), "mnist": (1.5, 2.0, 3.0, 5.0)},
-                lambda m, s, d: (m, s)))
+register(Method("cfg", "CFG {s}", {"toy": (1.5, 2.0, 3.0, 4.0), "toy-ref": (2.0, 4.0),
+                                   "mnist": (1.5, 2.0, 3.0, 5.0)},
+                cfg))
+register(Method("cfg-null", "earlier toy-main: CFG {s} (null token)",
+                {"toy": (1.0, 2.0, 4.0), "toy-ref": (1.0, 2.0)},
+                lambda m, s, d: (conditional(m, d), s)))
 register(Method("pag", "PAG {s}", {"mnist": (1.0, 3.0)},
                 lambda m, s, d: (PerturbedAttentionGuidanceGK.run(model=m, scale=s)[0], 1.0)))
 register(Method("seg", "SEG {s}", {"mnist": (1.0, 3.0)},
@@ -82,24 +116,31 @@ def autoguided(model, weak, w: float):
 
 def class_pool(dataset: str) -> list:
     """Every class as one conditioning row: ICG's 'random class' (toy: A and B; MNIST: 0-9)."""
-    if dataset == "toy":
+    if is_toy(dataset):
         return [[toy_context(torch.tensor([0, 1])), {}]]
     return [[demo_mnist.digit_context(list(range(10))), {}]]
 
 
 def icg(model, mode: str, dataset: str):
     pool = class_pool(dataset) if mode == "pool" else None
-    return IndependentConditionGuidanceGK.run(model=model, mode=mode, pool=pool)[0]
+    return IndependentConditionGuidanceGK.run(model=conditional(model, dataset), mode=mode, pool=pool)[0]
 
 
-register(Method("autoguidance", "AG w={s}", {"toy": (2.0, 3.0, 4.0), "mnist": (1.5, 2.0, 2.5, 3.0)},
-                lambda m, s, d: (autoguided(m, trained(f"{d}-weak"), s), 1.0)))
+WEAK = {"toy": "toy-a-weak", "toy-ref": "toy-a-weak", "mnist": "mnist-weak"}   # the autoguidance guide per setting
+
+register(Method("autoguidance", "AG w={s}", {"toy": (2.0, 3.0, 4.0), "toy-ref": (2.0, 3.0, 4.0),
+                                             "mnist": (1.5, 2.0, 2.5, 3.0)},
+                lambda m, s, d: (autoguided(m, trained(WEAK[d]), s), 1.0)))
+register(Method("ag-earlier", "earlier toy-main: AG w={s} (toy-weak)", {"toy": (2.0, 3.0), "toy-ref": (3.0,)},
+                lambda m, s, d: (autoguided(trained("toy-main"), trained("toy-weak"), s), 1.0)))
 register(Method("ag-degraded", "AG degraded self w={s}", {"mnist": (2.0, 3.0)},
                 lambda m, s, d: (autoguided(m, DegradedModelGK.run(model=m)[0], s), 1.0)))
 register(Method("icg", "ICG gaussian {s}", {"toy": (1.5, 2.0, 3.0), "mnist": (1.5, 2.0, 3.0)},
-                lambda m, s, d: (icg(m, "gaussian", d), s)))
+                lambda m, s, d: (icg(m, "gaussian", d), s),
+                {"toy": "earlier toy-main: ICG gaussian {s}"}))
 register(Method("icg-class", "ICG random class {s}", {"toy": (2.0,), "mnist": (2.0, 3.0)},
-                lambda m, s, d: (icg(m, "pool", d), s)))
+                lambda m, s, d: (icg(m, "pool", d), s),
+                {"toy": "earlier toy-main: ICG random class {s}"}))
 register(Method("sims", "SIMS w={s}", {"mnist": (1.5, 2.0, 3.0)},
                 lambda m, s, d: (autoguided(m, trained("mnist-sims"), s), 1.0)))
 register(Method("tsg", "TSG s=8 w={s}", {"mnist-uncond": (1.5, 2.0, 3.0)},
@@ -130,4 +171,5 @@ register(Method("stg", "STG {s}", {"mnist": (1.0, 2.0)},
 register(Method("fdg", "FDG low 2 high {s}", {"mnist": (4.0, 6.0)},
                 lambda m, s, d: (FrequencyDecoupledGuidanceGK.run(model=m, high_frequency_scale=s)[0], 2.0)))
 register(Method("cfg-zero-star", "CFG-Zero* {s}", {"toy": (2.0, 4.0), "mnist": (2.0, 3.0)},
-                lambda m, s, d: (CFGZeroStarGK.run(model=m, zero_init_steps=0)[0], s)))
+                lambda m, s, d: (CFGZeroStarGK.run(model=conditional(m, d), zero_init_steps=0)[0], s),
+                {"toy": "earlier toy-main: CFG-Zero* {s}"}))

@@ -62,3 +62,39 @@ def sliced_wasserstein(a: torch.Tensor, b: torch.Tensor, projections: int = 256,
     pa, _ = (a.double() @ dirs).sort(0)
     pb, _ = (b.double() @ dirs).sort(0)
     return float((pa - pb).square().mean().sqrt())
+
+
+# The toy example's metrics (NVlabs/edm2 toy_example.py; issue 22's protocol): log p under the exact class
+# density clamped at −10 (mean), its median, the fraction inside the plotted outline, and sliced W1.
+TOY_EXAMPLE_METRICS = {"clamped log p": True, "median log p": True, "inside": True, "sliced W1": False}
+
+
+def outline_threshold(gt: GaussianMixture, extent: float = 1.6, resolution: int = 400,
+                      level: float = 2.12) -> float:
+    """The toy example's outline: log p ≥ (max of log p over a resolution² grid on [−extent, extent]²) − level².
+
+    toy_example.py draws the outline as the contour √(max − log p) = 2.12 of the class density.
+    """
+    g = torch.linspace(-extent, extent, resolution, dtype=torch.float64)
+    grid = torch.stack(torch.meshgrid(g, g, indexing="xy"), dim=-1).reshape(-1, 2)
+    return float(gt.log_prob(grid).max()) - level ** 2
+
+
+def sliced_w1(a: torch.Tensor, b: torch.Tensor, projections: int = 64, seed: int = 0) -> float:
+    """Sliced Wasserstein-1 distance between two equal-size point sets: mean over random unit directions."""
+    if a.shape[0] != b.shape[0]:
+        raise ValueError("sliced_w1 needs equal-size sets")
+    gen = torch.Generator().manual_seed(seed)
+    dirs = torch.randn(a.shape[1], projections, generator=gen, dtype=torch.float64)
+    dirs = dirs / dirs.norm(dim=0, keepdim=True)
+    pa, _ = (a.double() @ dirs).sort(0)
+    pb, _ = (b.double() @ dirs).sort(0)
+    return float((pa - pb).abs().mean())
+
+
+def toy_example_metrics(points: torch.Tensor, gt: GaussianMixture, outline: float, truth: torch.Tensor,
+                        seed: int = 0) -> dict[str, float]:
+    """The four TOY_EXAMPLE_METRICS of `points` (exact samples `truth`, as many, for sliced W1)."""
+    logp = gt.log_prob(points).double()
+    return {"clamped log p": float(logp.clamp(min=-10).mean()), "median log p": float(logp.median()),
+            "inside": float((logp >= outline).double().mean()), "sliced W1": sliced_w1(points, truth, seed=seed)}

@@ -37,24 +37,27 @@ def _unit_rows(w: torch.Tensor, eps: float = 1e-4) -> torch.Tensor:
 class ToyDenoiser(nn.Module):
     """Log-density MLP for 2D points as a (N, 2, 1, 1) latent, class one-hot via `context`.
 
-    As the autoguidance toy model: the net outputs log p̃(x; σ) = g·mean(y²)/σ − ½‖x̂‖² with
+    With `context=0` the class input is dropped: a model of one distribution (class A, or A∪B), the toy
+    example's own input layout. As the autoguidance toy model: the net outputs log p̃(x; σ) = g·mean(y²)/σ − ½‖x̂‖² with
     x̂ = x/√(σ²+σ_d²), y an MLP of [x̂, log σ/4, 1, class]; the denoiser is D = x + σ²∇_x log p̃ (Tweedie).
     ComfyUI's EDM wrapper then forms D = c_skip·x + c_out·F, so forward returns F = (D − c_skip·x)/c_out.
     """
 
-    def __init__(self, hidden: int = 64, layers: int = 4, sigma_data: float = 0.5, device=None,
-                 operations=None, **_ignored):
+    def __init__(self, hidden: int = 64, layers: int = 4, sigma_data: float = 0.5, context: int = TOY_CONTEXT,
+                 device=None, operations=None, **_ignored):
         super().__init__()
         self.sigma_data = sigma_data
-        self.layers = nn.ModuleList([MPLinear(2 + 2 + TOY_CONTEXT, hidden, device=device)]
+        self.context = context              # one-hot width; 0 = one class only (the toy example's [x̂, log σ/4, 1])
+        self.layers = nn.ModuleList([MPLinear(2 + 2 + context, hidden, device=device)]
                                     + [MPLinear(hidden, hidden, device=device) for _ in range(layers)])
         self.gain = nn.Parameter(torch.zeros([], device=device))
         self.dtype = torch.float32
 
     def log_density(self, x: torch.Tensor, sigma: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
-        """Unnormalised log p(x; σ | class) for points (N, 2), σ (N, 1), one-hot (N, 3)."""
+        """Unnormalised log p(x; σ | class) for points (N, 2), σ (N, 1), one-hot (N, 3) (ignored if context=0)."""
         xn = x / (sigma ** 2 + self.sigma_data ** 2).sqrt()
-        y = self.layers[0](torch.cat([xn, sigma.log() / 4, torch.ones_like(sigma), context], dim=1))
+        features = [xn, sigma.log() / 4, torch.ones_like(sigma)] + ([context] if self.context else [])
+        y = self.layers[0](torch.cat(features, dim=1))
         for layer in self.layers[1:]:
             y = layer(F.silu(y) / 0.596)          # 0.596: SiLU's output magnitude on unit-variance input
         return y.square().mean(1) * self.gain / sigma.squeeze(1) - 0.5 * xn.square().sum(1)

@@ -1,4 +1,5 @@
-"""Shared training utilities: EMA, metadata, safetensors output, a progress bar (plain torch)."""
+"""Shared training utilities: EMA (constant and power-function), metadata, safetensors output, a progress
+bar (plain torch)."""
 from __future__ import annotations
 
 import copy
@@ -8,6 +9,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 from safetensors.torch import save_file
 from tqdm import tqdm
@@ -28,6 +30,30 @@ class EMA:
     def update(self, model: torch.nn.Module) -> None:
         self.steps += 1
         b = min(self.beta, (1 + self.steps) / (10 + self.steps))
+        for p_ema, p in zip(self.model.parameters(), model.parameters()):
+            p_ema.lerp_(p.detach(), 1 - b)
+        for b_ema, b_src in zip(self.model.buffers(), model.buffers()):
+            b_ema.copy_(b_src)
+
+
+class PowerEMA(EMA):
+    """Power-function EMA (Karras et al. 2024, EDM2 §3.1): β_t = (1 − 1/t)^(γ+1), γ set by the relative std.
+
+    The averaging window grows with training (it always covers the last `std` fraction of it, roughly), so
+    an early snapshot is not dominated by the random initialisation. γ solves std² = (γ+1)/((γ+2)²(γ+3)),
+    the power profile's relative standard deviation (EDM2, eq. 123), as the real root of a cubic.
+    """
+
+    def __init__(self, model: torch.nn.Module, std: float):
+        super().__init__(model, 0.0)
+        t = std ** -2               # (γ+2)²(γ+3) = t(γ+1)  ⇔  γ³ + 7γ² + (16 − t)γ + (12 − t) = 0
+        roots = np.roots([1.0, 7.0, 16.0 - t, 12.0 - t])
+        self.gamma = float(roots.real[np.abs(roots.imag) < 1e-9].max())
+
+    @torch.no_grad()
+    def update(self, model: torch.nn.Module) -> None:
+        self.steps += 1
+        b = (1 - 1 / self.steps) ** (self.gamma + 1)
         for p_ema, p in zip(self.model.parameters(), model.parameters()):
             p_ema.lerp_(p.detach(), 1 - b)
         for b_ema, b_src in zip(self.model.buffers(), model.buffers()):
