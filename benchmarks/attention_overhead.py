@@ -181,9 +181,14 @@ def measure_run(model, run, steps, repeats):
 
 def measure_interleaved(variants: dict, run, steps: int, repeats: int) -> dict:
     """{name: (median s/step, peak bytes, per-repeat ratios to its baseline)} for {name: (model, cfg, baseline)}:
-    one untimed warm-up step each, then every repeat times every variant in turn (A B C … A B C …)."""
-    for model, cfg, _ in variants.values():
-        run(model, 1, 0, cfg)
+    one untimed warm-up step each, then every repeat times every variant in turn (A B C … A B C …). A variant
+    whose warm-up fails is left out with a printed note (the others still run)."""
+    for name, (model, cfg, _) in list(variants.items()):
+        try:
+            run(model, 1, 0, cfg)
+        except Exception as e:
+            print(f"{name}: not measured: {type(e).__name__}: {str(e)[:300]}", flush=True)
+            del variants[name]
     times = {name: [] for name in variants}
     peaks = dict.fromkeys(variants, 0)
     for r in range(repeats):

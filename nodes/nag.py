@@ -100,8 +100,10 @@ class DiTAttention:
             return out
         if len(positive) != len(negative):
             raise ValueError(f"{NODE}: ComfyUI ran the positive prompt and NAG's negative in separate model calls "
-                             "(their token counts are more than 4× apart, or memory split the batch), and NAG needs "
-                             "them together; make the negative prompt's length closer to the positive's")
+                             "(it splits a batch when it estimates too little free memory for it, or when the two "
+                             "prompts' token counts are more than 4× apart), and on this model NAG needs them in one "
+                             "call; lower the resolution or the batch size, or bring the negative prompt's length "
+                             "closer to the positive's")
         q, k = args[0], args[1]
         heads = args[3] if len(args) > 3 else kwargs["heads"]
         seq = 2 if kwargs.get("skip_reshape", False) else 1
