@@ -46,16 +46,12 @@ class UNetCrossAttention:
 
     def __init__(self, module, negative: torch.Tensor, settings: Settings, previous):
         self.module, self.negative, self.settings, self.previous = module, negative, settings, previous
-        self._keys: tuple | None = None          # (which weights, dtype, device) → the negative's keys and values
 
     def negative_keys(self, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """to_k / to_v of the negative prompt, computed once per weights, dtype and device (not at every call)."""
-        weights = (self.module.to_k.weight, self.module.to_v.weight)
-        tag = (tuple((w.data_ptr(), w._version) for w in weights), like.dtype, like.device)
-        if self._keys is None or self._keys[0] != tag:
-            negative = self.negative.to(like.device, like.dtype)
-            self._keys = (tag, self.module.to_k(negative), self.module.to_v(negative))
-        return self._keys[1], self._keys[2]
+        """to_k / to_v of the negative prompt, at every call: the layer's weights may change between calls
+        (LoRA strengths, hook keyframes), and ComfyUI's inference tensors keep no version counter to tell."""
+        negative = self.negative.to(like.device, like.dtype)
+        return self.module.to_k(negative), self.module.to_v(negative)
 
     def attention(self, q, k, v, extra_options):
         if self.previous is not None:
