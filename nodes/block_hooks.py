@@ -22,7 +22,7 @@ import torch
 from comfy.ldm.modules.attention import SpatialTransformer
 
 from ..guidance.stg import skip_rows
-from .attention_hooks import GRID, IMAGE_TAIL, MARK, Grid, image_start
+from .attention_hooks import GRID, IMAGE_TAIL, MARK, Grid, _marked_chunks, _rows, image_start
 from .layers import Architecture, Layer
 
 
@@ -84,13 +84,10 @@ class BlockContext:
     def __call__(self, executor, x, t, c_concat=None, c_crossattn=None, control=None, transformer_options=None,
                  **kwargs):
         to = transformer_options or {}
-        labels = to.get("cond_or_uncond") or [0]
-        marks = to.get(MARK) or {}
-        mine = [j for j, c in enumerate(labels) if marks.get(c) is self.token]
+        mine, other = _marked_chunks(to, self.token)
         if not mine:
             return executor(x, t, c_concat, c_crossattn, control, transformer_options, **kwargs)
-        per_chunk = x.shape[0] // len(labels)
-        rows = torch.cat([torch.arange(j * per_chunk, (j + 1) * per_chunk) for j in mine]).to(x.device)
+        rows = _rows(mine, x.shape[0] // (len(mine) + len(other)), x.device)
         grid = to.get(GRID)
         tail = to.get(IMAGE_TAIL, 0)
         modules = layer_modules(executor.class_obj.diffusion_model, self.arch)

@@ -23,7 +23,17 @@ from comfy_api.latest import io
 from ..guidance.nag import nag
 from ..guidance.schedule import SigmaRange
 from . import registrar
-from .attention_hooks import GRID, IMAGE_TAIL, MARK, _heads_first, image_grid, image_start, label_blocks
+from .attention_hooks import (
+    GRID,
+    IMAGE_TAIL,
+    MARK,
+    _heads_first,
+    _marked_chunks,
+    _rows,
+    image_grid,
+    image_start,
+    label_blocks,
+)
 from .base import GuideKitNode
 from .block_hooks import layer_modules
 from .common import range_inputs, sigma_override_inputs
@@ -65,9 +75,7 @@ class UNetCrossAttention:
         labels = extra_options.get("cond_or_uncond") or [0]
         if sigmas is None or not self.settings.active.active(sigmas) or 0 not in labels:
             return out
-        per_chunk = q.shape[0] // len(labels)
-        rows = torch.cat([torch.arange(j * per_chunk, (j + 1) * per_chunk) for j, c in enumerate(labels) if c == 0])
-        rows = rows.to(q.device)
+        rows = _rows([j for j, c in enumerate(labels) if c == 0], q.shape[0] // len(labels), q.device)
         k_neg, v_neg = self.negative_keys(q)
         z_neg = optimized_attention(q[rows], k_neg.expand(len(rows), -1, -1), v_neg.expand(len(rows), -1, -1),
                                     extra_options["n_heads"], attn_precision=extra_options.get("attn_precision"))
@@ -89,8 +97,7 @@ class DiTAttention:
         if (to.get("block_type"), to.get("block_index")) not in self.layers:
             return out
         labels = to.get("cond_or_uncond") or [0]
-        marks = to.get(MARK) or {}
-        negative = [j for j, c in enumerate(labels) if marks.get(c) is self.token]
+        negative, _ = _marked_chunks(to, self.token)
         positive = [j for j, c in enumerate(labels) if c == 0]
         if not negative:
             return out

@@ -29,6 +29,22 @@ def thin(comfy):
     return thin_models
 
 
+@pytest.fixture(scope="module")
+def built(thin):
+    """arch → its thin model (std 0.1), built once per test module; skips families this ComfyUI lacks."""
+    cache = {}
+
+    def get(arch):
+        if arch not in thin.SPECS:
+            pytest.skip(f"no thin spec {arch}")
+        if thin.missing(arch):
+            pytest.skip(f"this ComfyUI has no {thin.missing(arch)}")
+        if arch not in cache:
+            cache[arch] = thin.build(arch, std=0.1)
+        return cache[arch]
+    return get
+
+
 @pytest.fixture(scope="session")
 def models_dir(tmp_path_factory, comfy) -> Path:
     """A models folder holding the thin SD1.5 checkpoint and the loss-guidance assets (built once per host cache)."""

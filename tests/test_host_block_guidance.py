@@ -17,20 +17,6 @@ pytestmark = pytest.mark.host
 FAMILIES = ["sd15", "sdxl", "flux", "chroma", "sd3", *REACHED]
 
 
-@pytest.fixture(scope="module")
-def built(thin):
-    cache = {}
-
-    def get(arch):
-        if arch not in thin.SPECS:
-            pytest.skip(f"no thin spec {arch}")
-        if thin.missing(arch):
-            pytest.skip(f"this ComfyUI has no {thin.missing(arch)}")
-        if arch not in cache:
-            cache[arch] = thin.build(arch, std=0.1)
-        return cache[arch]
-    return get
-
 
 def tpg(model, **kw):
     from guidekit.nodes.tpg import TokenPerturbationGuidanceGK

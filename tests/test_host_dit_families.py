@@ -25,18 +25,6 @@ REACHED = ["wan21_t2v", "wan21_i2v", "wan22_t2v", "qwen_image", *WRAPPED, "flux2
 STEPS = 3
 
 
-@pytest.fixture(scope="module")
-def built(thin):
-    cache = {}
-
-    def get(arch):
-        if thin.missing(arch):
-            pytest.skip(f"this ComfyUI has no {thin.missing(arch)}")
-        if arch not in cache:
-            cache[arch] = thin.build(arch, std=0.1)
-        return cache[arch]
-    return get
-
 
 def run(thin, model, arch, **kw):
     return thin.sample(model, arch, steps=kw.pop("steps", STEPS), **kw)
