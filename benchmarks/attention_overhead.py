@@ -12,8 +12,8 @@ are interleaved within every repeat (A B C … A B C …) after an untimed warm-
 median over repeats of its ratio to the same repeat's baseline (plain CFG, or the unguided step for rows at
 cfg 1) with the spread, so a load change during the run shows as spread, not as a difference. Writes
 benchmarks/results/attention_overhead.json (`--archs` runs some models and keeps the file's rows of the
-others) and prints the table. `--quick` is the seconds-long smoke version (tiny models
-and latents) that CI runs so the script cannot rot.
+others, `--methods` some methods and their baselines and keeps the models' other rows) and prints the table.
+`--quick` is the seconds-long smoke version (tiny models and latents) that CI runs so the script cannot rot.
 """
 from __future__ import annotations
 
@@ -89,6 +89,27 @@ def _nag(m, neg):
     return NormalizedAttentionGuidanceGK.run(model=m, negative=neg)[0]
 
 
+def keys_in_layer(model) -> bool:
+    """Whether NAG on this DiT computes the negative's keys in the layer (then the extra-row route is a row)."""
+    from guidekit.nodes.layers import architecture
+    arch = architecture(model, "benchmark")
+    return arch.family != "unet" and arch.text_cross is not None
+
+
+def _nag_rows(m, neg):
+    """NAG forced onto the extra-row route (where the family has keys in the layer: what that route saves)."""
+    import dataclasses
+
+    from guidekit.guidance.schedule import SigmaRange
+    from guidekit.nodes.layers import architecture
+    from guidekit.nodes.nag import NAGStep, Settings
+    arch = dataclasses.replace(architecture(m, "benchmark"), text_cross=None)
+    step = NAGStep(arch, arch.layers, neg, Settings(5.0, 2.5, 0.25, SigmaRange()), None)
+    patched = m.clone()
+    patched.set_model_sampler_calc_cond_batch_function(lambda args: step(args))
+    return patched
+
+
 # name → (patch(model, negative conditioning), the sampler's cfg, the row its ratio is taken against)
 METHODS = {
     "cfg": (lambda m, neg: m, 4.0, "cfg"),
@@ -103,6 +124,7 @@ METHODS = {
     "STG block": (_stg, 4.0, "cfg"),
     "STG attention": (lambda m, neg: _stg(m, neg, "attention"), 4.0, "cfg"),
     "NAG (cfg 1)": (_nag, 1.0, "unguided (cfg 1)"),
+    "NAG extra rows (cfg 1)": (_nag_rows, 1.0, "unguided (cfg 1)"),
     "NAG + CFG": (_nag, 4.0, "cfg"),
     "FDG": (lambda m, neg: FrequencyDecoupledGuidanceGK.run(model=m)[0], 4.0, "cfg"),
     "PAG in place of uncond": (lambda m, neg: pag(m, mode="replace uncond"), 4.0, "cfg"),
@@ -143,21 +165,26 @@ class PeakMemory:
             self._thread.join()
 
 
-def sample(model, spec, size, steps, seed, cfg=4.0):
+def latent_channels(spec) -> int:
+    return 16 if spec[0] is thin_models.comfy.supported_models.Flux else 4
+
+
+def bench_conditioning(spec, seed: int) -> list:
+    """A seeded CONDITIONING of a BENCH_MODELS spec (77 tokens; pooled vector and Flux's guidance where needed)."""
     _, _, ctx, pooled, _ = spec
-    latent_channels = 16 if spec[0] is thin_models.comfy.supported_models.Flux else 4
-    latent = torch.zeros(1, latent_channels, size, size)
+    gen = torch.Generator().manual_seed(seed)
+    extra = {"pooled_output": torch.randn(1, pooled, generator=gen)} if pooled else {}
+    if latent_channels(spec) == 16:
+        extra["guidance"] = 3.5
+    return [[torch.randn(1, 77, ctx, generator=gen), extra]]
+
+
+def sample(model, spec, size, steps, seed, cfg=4.0, denoise=1.0):
+    latent = torch.zeros(1, latent_channels(spec), size, size)
     noise = torch.randn(latent.shape, generator=torch.Generator().manual_seed(seed))
-    conds = []
-    for s in (1, 2):
-        gen = torch.Generator().manual_seed(s)
-        extra = {"pooled_output": torch.randn(1, pooled, generator=gen)} if pooled else {}
-        if latent_channels == 16:
-            extra["guidance"] = 3.5
-        conds.append([[torch.randn(1, 77, ctx, generator=gen), extra]])
     import comfy.sample
-    return comfy.sample.sample(model, noise, steps, cfg, "euler", "normal", conds[0], conds[1], latent,
-                               seed=seed, disable_pbar=True)
+    return comfy.sample.sample(model, noise, steps, cfg, "euler", "normal", bench_conditioning(spec, 1),
+                               bench_conditioning(spec, 2), latent, denoise=denoise, seed=seed, disable_pbar=True)
 
 
 def measure(model, spec, size, steps, repeats, cfg=4.0):
@@ -203,14 +230,19 @@ def measure_interleaved(variants: dict, run, steps: int, repeats: int) -> dict:
                    [t / b for t, b in zip(times[name], times[variants[name][2]])]) for name in variants}
 
 
-def setup(doc: str, name: str, steps: int, steps_help: str, quick_steps: int | None = None):
-    """Arguments, models and latent sizes of an overhead benchmark; `--quick` = tiny SD1.5 and Flux, 1 repeat."""
+def setup(doc: str, name: str, steps: int, steps_help: str, quick_steps: int | None = None, extra=()):
+    """Arguments, models and latent sizes of an overhead benchmark; `--quick` = tiny SD1.5 and Flux, 1 repeat.
+    `extra`: (flag, help) of further boolean options."""
     p = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    for flag, text in extra:
+        p.add_argument(flag, action="store_true", help=text)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--steps", type=int, default=steps, help=steps_help)
     p.add_argument("--quick", action="store_true", help="smoke run: tiny models and latents, 1 repeat")
     p.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / f"{name}.json")
     p.add_argument("--archs", nargs="+", help="only these models; the output file keeps its rows of the others")
+    p.add_argument("--methods", nargs="+", help="only these methods (and their baselines); the output file keeps "
+                                                "its other rows of the same models")
     args = p.parse_args()
     torch.set_flush_denormal(True)
     if not args.quick:
@@ -240,12 +272,17 @@ def family_runner(name: str, quick: bool):
 
 def bench_negative(spec) -> list:
     """The negative conditioning `sample` uses for a BENCH_MODELS spec (NAG's negative)."""
-    _, _, ctx, pooled, _ = spec
-    gen = torch.Generator().manual_seed(2)
-    extra = {"pooled_output": torch.randn(1, pooled, generator=gen)} if pooled else {}
-    if spec[0] is thin_models.comfy.supported_models.Flux:
-        extra["guidance"] = 3.5
-    return [[torch.randn(1, 77, ctx, generator=gen), extra]]
+    return bench_conditioning(spec, 2)
+
+
+def chosen_methods(names: list[str] | None) -> set[str]:
+    """`--methods` and the baselines their ratios are taken against (every method without the option)."""
+    if not names:
+        return set(METHODS)
+    unknown = [n for n in names if n not in METHODS]
+    if unknown:
+        raise SystemExit(f"--methods: unknown {unknown}; choose from {list(METHODS)}")
+    return {*names, *(METHODS[n][2] for n in names)}
 
 
 def main() -> None:
@@ -263,10 +300,13 @@ def main() -> None:
             negative = bench_negative(spec)
         params = sum(t.numel() for t in base.model.diffusion_model.parameters())
         variants = {method: (make(base, negative), cfg, baseline) for method, (make, cfg, baseline) in METHODS.items()
-                    if not (method.startswith("core") and arch not in ("sd15", "sdxl"))}   # core: UNet attn1 only
+                    if not (method.startswith("core") and arch not in ("sd15", "sdxl"))   # core: UNet attn1 only
+                    and not (method == "NAG extra rows (cfg 1)" and not keys_in_layer(base))
+                    and method in chosen_methods(args.methods)}
         for method, (sec, peak, ratios) in measure_interleaved(variants, run, args.steps, args.repeats).items():
             rows.append({"arch": arch, "params": params, "latent": latent, "method": method,
-                         "baseline": variants[method][2], "step_s": sec, "peak_mb": peak / 2 ** 20,
+                         "baseline": variants[method][2], "steps": args.steps, "repeats": args.repeats,
+                         "step_s": sec, "peak_mb": peak / 2 ** 20,
                          "ratio": statistics.median(ratios), "ratio_min": min(ratios), "ratio_max": max(ratios)})
             print(f"{arch:10} {method:24} {sec * 1e3:9.1f} ms  × {statistics.median(ratios):.2f} "
                   f"[{min(ratios):.2f}, {max(ratios):.2f}]  {peak / 2 ** 20:8.1f} MB", flush=True)
@@ -286,9 +326,11 @@ def report(rows: list[dict], args, benchmark: str, **meta) -> None:
     if args.quick:
         print("quick run: results not written")
         return
-    if getattr(args, "archs", None) and args.out.is_file():      # a partial run keeps the other models' rows
-        ran = {r["arch"] for r in rows}
-        rows = [r for r in json.loads(args.out.read_text())["rows"] if r["arch"] not in ran] + rows
+    methods = getattr(args, "methods", None)
+    if (getattr(args, "archs", None) or methods) and args.out.is_file():     # a partial run keeps the other rows
+        ran_archs, ran = {r["arch"] for r in rows}, {(r["arch"], r["method"]) for r in rows}
+        rows = [r for r in json.loads(args.out.read_text())["rows"]
+                if r["arch"] not in ran_archs or (methods and (r["arch"], r["method"]) not in ran)] + rows
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({
         "benchmark": benchmark, "device": "cpu", "threads": torch.get_num_threads(),

@@ -101,6 +101,8 @@ def variants(main, weak, negative, loss_parts) -> dict:
         from loss_guidance_overhead import guided
         vae, tiny, loss = loss_parts
         out["FreeDoM + Polyak exact, TAESD"] = (guided(main, vae, loss, gradient_vae=tiny), 4.0, "cfg")
+        out["FreeDoM + Polyak fast, TAESD"] = (guided(main, vae, loss, gradient_vae=tiny, gradient="fast"), 4.0,
+                                               "cfg")
     return out
 
 
@@ -156,7 +158,7 @@ def measure(runs: dict, run, steps: int, repeats: int, notes: list[str]) -> dict
 def run_all(models: list[str], repeats: int, smoke: bool, done=lambda rows, notes: None):
     """Every model's rows; `done(rows, notes)` after each model (so a later failure keeps the earlier rows)."""
     dtype = torch.float32 if smoke else torch.float16
-    rows, notes = [], ["FreeDoM fast-gradient mode: not implemented yet (issue 23), no row"]
+    rows, notes = [], []
     for name in models:
         config_class, unet, ctx, pooled, side, steps = MODELS[name]
         if smoke:

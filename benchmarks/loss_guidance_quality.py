@@ -14,6 +14,10 @@ feature space against held-out digits (MNISTUncondSetting). Sections:
   2. claim 1: random augmentation raises the judge's accuracy at equal guidance-network loss.
   3. claim 2: the Polyak step reaches a given accuracy in fewer sampling steps than FreeDoM's rms rule
      (and the fixed step), at 20 / 50 / 100 steps (first two seeds, at most 200 samples each).
+  4. fast gradient: the class-conditional model (mnist-main) at CFG 1.5 (prompt digit i % 10, the null token as
+     negative), FreeDoM + Polyak with the exact gradient (through both rows) vs the fast one (conditional row
+     only); the quality cost of the fast mode at equal scale.
+`--only NAME ...` runs those sections and merges them into --out's existing loss_guidance.json.
 Scales were probed on this model (`--probe`: 100 samples of seed 100, not an evaluation seed; writes
 loss_guidance_probe.md). Writes loss_guidance.json, loss_guidance.md and loss_guidance_mnist.png to --out
 (default benchmarks/results/). `--smoke` is the seconds-long version (8 samples, 2 steps, 2 configs a section).
@@ -68,6 +72,8 @@ FULL = {"seeds": (0, 1, 2), "samples": 300, "steps": 20, "sweep_steps": (20, 50,
         "sweep_samples": 200, "configs": None}
 SMOKE = {"seeds": (0,), "samples": 8, "steps": 2, "sweep_steps": (2, 3), "sweep_seeds": 1, "sweep_samples": 8,
          "configs": 2}
+FAST_CFG = 1.5                                          # section 4: CFG where accuracy is not saturated (0.90)
+FAST_SCALES = (0.05, 0.1)                               # section 4: FreeDoM + Polyak's two probed scales
 METRICS = {"judge accuracy": True, "guide accuracy": True, "guide loss": False, "FD": False, "precision": True,
            "recall": True}
 
@@ -80,13 +86,17 @@ class Run:
     scale: float = 0.0
     copies: int = 0
     steps: int = 20
+    cfg: float = 1.0             # > 1: the class-conditional model, prompt digit i % 10 against the null token
+    gradient: str = "exact"
 
     @property
     def label(self) -> str:
+        cond = f" cfg {self.cfg:g}" if self.cfg != 1.0 else ""
         if self.method in ("unguided", REAL):
-            return "real digits 0-9" if self.method == REAL else f"unguided {self.steps} st"
+            return "real digits 0-9" if self.method == REAL else f"unguided{cond} {self.steps} st"
         aug = f" aug{self.copies}" if self.copies else ""
-        return f"{self.method} {self.rule} {self.scale:g}{aug} {self.steps} st"
+        fast = " fast" if self.gradient == "fast" else ""
+        return f"{self.method} {self.rule} {self.scale:g}{aug}{fast}{cond} {self.steps} st"
 
 
 @dataclass(frozen=True)
@@ -98,42 +108,53 @@ class Section:
 
 
 class Bench:
-    """The model, its pixel 'VAE', the guidance classifier and the judge; runs measured once each."""
+    """The models, their pixel 'VAE', the guidance classifier and the judge; runs measured once each."""
 
     def __init__(self):
         loss_networks.register_model_folders()
-        self.setting = MNISTUncondSetting()
+        self.uncond = MNISTUncondSetting()
+        self.cond: MNISTSetting | None = None                   # section 4's class-conditional model, on demand
         self.vae = demo_mnist.pixel_space_vae()
         self.net = loss_terms.NetworkLoaderGK.execute(GUIDANCE_NET, "auto", "auto", 0).result[0]
         self.done: dict = {}
 
+    def setting_of(self, run: Run) -> MNISTSetting:
+        """The unconditional setting at cfg 1, the class-conditional one under CFG."""
+        if run.cfg == 1.0:
+            return self.uncond
+        self.cond = self.cond or MNISTSetting()
+        return self.cond
+
     def model(self, run: Run, n: int):
         """The base model patched by Loss Guidance with the classifier loss toward digit i % 10."""
+        base = self.setting_of(run).model
         if run.method == "unguided":
-            return self.setting.model
+            return base
         targets = ",".join(map(str, MNISTSetting.labels(n)))
         loss = loss_terms.ClassifierLossGK.execute(self.net, targets, 1.0).result[0]
-        return LossGuidanceGK.execute(self.setting.model, self.vae, loss, run.method, run.rule, run.scale, run.copies,
-                                      AUGMENTATIONS, 1, 0.3, 0.7, 0.0, END_PERCENT, 4, 0, 0.1).result[0]
+        return LossGuidanceGK.execute(base, self.vae, loss, run.method, run.rule, run.scale, run.copies,
+                                      AUGMENTATIONS, 1, 0.3, 0.7, 0.0, END_PERCENT, 4, 0, 0.1,
+                                      gradient=run.gradient).result[0]
 
     def score(self, samples: torch.Tensor, seed: int) -> dict[str, float]:
         """Judge and guidance-network accuracy toward i % 10, guidance cross-entropy, FD / precision / recall."""
         targets = torch.tensor(MNISTSetting.labels(samples.shape[0]))
-        judge = self.setting.classifier
+        judge = self.uncond.classifier
         logits = self.net(samples.expand(-1, 3, -1, -1)).float()
         return {"judge accuracy": metrics.accuracy(judge.head(judge.features(samples)), targets),
                 "guide accuracy": metrics.accuracy(logits, targets),
-                "guide loss": float(F.cross_entropy(logits, targets)), **self.setting.score(samples, seed)}
+                "guide loss": float(F.cross_entropy(logits, targets)), **self.uncond.score(samples, seed)}
 
     def real_digits(self, seed: int, n: int) -> torch.Tensor:
         """n training digits of classes i % 10 (MNISTSetting.reference with the class-conditional labels)."""
-        labelled = SimpleNamespace(labels=MNISTSetting.labels, split=self.setting.split, train=self.setting.train)
+        labelled = SimpleNamespace(labels=MNISTSetting.labels, split=self.uncond.split, train=self.uncond.train)
         return MNISTSetting.reference(labelled, seed, n)
 
     def draw(self, model, run: Run, seed: int, n: int) -> tuple[torch.Tensor, float]:
         """n samples of a run (real digits for the reference row) and the seconds they took."""
         t0 = time.perf_counter()
-        samples = self.real_digits(seed, n) if model is None else self.setting.sample(model, 1.0, seed, n, run.steps)
+        samples = (self.real_digits(seed, n) if model is None
+                   else self.setting_of(run).sample(model, run.cfg, seed, n, run.steps))
         return samples, time.perf_counter() - t0
 
     def measure(self, run: Run, seeds: tuple[int, ...], n: int) -> tuple[dict, torch.Tensor]:
@@ -146,7 +167,7 @@ class Bench:
         if key not in self.done:
             model = None if run.method == REAL else self.model(run, n)
             if model is not None:
-                self.setting.sample(model, 1.0, seeds[0], 4, 2)              # untimed warm-up of this patcher
+                self.setting_of(run).sample(model, run.cfg, seeds[0], 4, 2)  # untimed warm-up of this patcher
             values, seconds, first, ratio = {k: [] for k in METRICS}, [], None, None
             for seed in seeds:
                 samples, took = self.draw(model, run, seed, n)
@@ -154,7 +175,7 @@ class Bench:
                 if not torch.isfinite(samples).all():
                     raise RuntimeError(f"{run.label}: non-finite samples")
                 if first is None and model is not None:
-                    base = took if run.method == "unguided" else self.draw(self.setting.model, run, seed, n)[1]
+                    base = took if run.method == "unguided" else self.draw(self.setting_of(run).model, run, seed, n)[1]
                     ratio = took / base
                 first = samples if first is None else first
                 for k, v in self.score(samples, seed).items():
@@ -180,7 +201,10 @@ def sections(plan: dict, seeds: tuple[int, ...], n: int) -> dict[str, Section]:
     sweep = [Run(steps=k) for k in plan["sweep_steps"]] + [
         Run("FreeDoM", r, s, 0, k) for r, s in RULE_SCALES.items() for k in plan["sweep_steps"]]
     sweep_seeds, sweep_n = seeds[:plan["sweep_seeds"]], min(n, plan["sweep_samples"])
+    fast = [Run(steps=steps, cfg=FAST_CFG)] + [Run("FreeDoM", "polyak", s, 0, steps, FAST_CFG, g)
+                                                for s in FAST_SCALES for g in ("exact", "fast")]
     if first:
+        fast = fast[:3]
         methods, augment = methods[:first + 1], [augment[0], augment[len(AUGMENT_SCALES)]]
         fewer, more = plan["sweep_steps"][:2]
         sweep = [Run("FreeDoM", "polyak", RULE_SCALES["polyak"], 0, fewer),
@@ -190,7 +214,9 @@ def sections(plan: dict, seeds: tuple[int, ...], n: int) -> dict[str, Section]:
             "claim 1": Section(f"Claim 1: random augmentation ({COPIES} copies) at matched guidance loss",
                                tuple(augment), seeds, n),
             "claim 2": Section("Claim 2: Polyak vs FreeDoM's rms rule (and fixed) over sampling steps", tuple(sweep),
-                               sweep_seeds, sweep_n)}
+                               sweep_seeds, sweep_n),
+            "fast gradient": Section(f"Fast gradient (conditional row only) vs exact, class-conditional model at "
+                                     f"CFG {FAST_CFG:g}", tuple(fast), seeds, n)}
 
 
 def probe_section(steps: int, n: int) -> Section:
@@ -277,13 +303,39 @@ def verdict_steps(rows: list[dict]) -> dict:
     return {"verdict": outcome, "rule": rule, "pairs": pairs, "equal steps": same}
 
 
+def verdict_fast(rows: list[dict]) -> dict:
+    """The fast gradient's quality cost: per scale, fast − exact in judge accuracy (binomial z) and FD (in units
+    of the seeds' spread)."""
+    by = {(r["scale"], r["gradient"]): r for r in rows if r["method"] == "FreeDoM"}
+    pairs = []
+    for scale in sorted({k[0] for k in by}):
+        if (scale, "exact") not in by or (scale, "fast") not in by:
+            continue
+        exact, fast = by[scale, "exact"], by[scale, "fast"]
+        fd_e, fd_f = exact["metrics"]["FD"], fast["metrics"]["FD"]
+        spread = math.sqrt(fd_e["std"] ** 2 + fd_f["std"] ** 2)            # 0 with one seed: FD not judged
+        pairs.append({"scale": scale, "exact accuracy": judge(exact)[0], "fast accuracy": judge(fast)[0],
+                      "z": significant(*judge(fast), *judge(exact)), "exact FD": fd_e["mean"], "fast FD": fd_f["mean"],
+                      "FD difference / seeds' spread": (fd_f["mean"] - fd_e["mean"]) / spread if spread else None,
+                      "time exact": exact["time_ratio"], "time fast": fast["time_ratio"]})
+    if not pairs:
+        outcome = "inconclusive (no exact/fast pair)"
+    elif all(abs(p["z"]) <= 2 and abs(p["FD difference / seeds' spread"] or 0) <= 2 for p in pairs):
+        outcome = "no measurable quality cost"
+    else:
+        outcome = "a measurable difference"
+    rule = ("per scale, fast vs exact: judge accuracy differing by more than 2 binomial standard errors or FD by more "
+            "than 2× the seeds' combined standard deviation counts as measurable")
+    return {"verdict": outcome, "rule": rule, "pairs": pairs}
+
+
 def cell(stat: dict, digits: int = 3) -> str:
     return f"{stat['mean']:.{digits}f} ± {stat['std']:.{digits}f}"
 
 
 def markdown(results: dict) -> str:
     meta = results["meta"]
-    lines = ["# GuideKit loss guidance benchmark (unconditional MNIST)", "",
+    lines = ["# GuideKit loss guidance benchmark (MNIST)", "",
              f"{meta['date']}, {meta['machine']}, {meta['runtime_s']:.0f} s. {meta['setup']}", "",
              "Time is wall clock on a shared machine: other processes add noise"
              + (" (load average 1 / 5 / 15 min at the end: {:.1f} / {:.1f} / {:.1f}).".format(*meta["load_average"])
@@ -321,6 +373,8 @@ def main() -> int:
     parser.add_argument("--seeds", nargs="+", type=int, help="sampling seeds (default 0 1 2; smoke 0)")
     parser.add_argument("--samples", type=int, help="samples per seed (default 300; smoke 8)")
     parser.add_argument("--render", action="store_true", help="only rebuild verdicts and tables from --out's JSON")
+    parser.add_argument("--only", nargs="+", choices=("methods", "claim 1", "claim 2", "fast gradient"),
+                        help="run only these sections, merged into --out's existing loss_guidance.json")
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results")
     args = parser.parse_args()
     if args.render:
@@ -333,16 +387,24 @@ def main() -> int:
     with torch.inference_mode():
         bench = Bench()
         plan_sections = {"probe": probe_section(plan["steps"], n)} if args.probe else sections(plan, seeds, n)
+        plan_sections = {k: v for k, v in plan_sections.items() if not args.only or k in args.only}
         done = {}
         for name, sec in plan_sections.items():
             print(f"{sec.title}:", flush=True)
+            started = time.monotonic()
             done[name] = {"title": sec.title, "seeds": list(sec.seeds), "samples_per_seed": sec.samples,
-                          "rows": bench.section(sec)}
+                          "rows": bench.section(sec), "date": time.strftime("%Y-%m-%d"),
+                          "runtime_s": time.monotonic() - started}
+    if args.only:
+        results = json.loads((args.out / "loss_guidance.json").read_text())
+        results["sections"].update(done)
+        return write(results, claims(results["sections"]), args.out)
     results = {"meta": {
         "date": time.strftime("%Y-%m-%d"), "smoke": args.smoke, "probe": args.probe, "runtime_s": time.monotonic() - t0,
         "load_average": os.getloadavg(),
         "machine": f"{platform.machine()} CPU, {torch.get_num_threads()} threads, torch {torch.__version__}",
-        "setup": (f"Unconditional MNIST model, euler, normal schedule, cfg 1; GuideKit Loss Guidance with the "
+        "setup": (f"Unconditional MNIST model (section 4: the class-conditional one at CFG {FAST_CFG:g}), euler, "
+                  f"normal schedule, cfg 1; GuideKit Loss Guidance with the "
                   f"classifier loss of {GUIDANCE_NET} toward digit i % 10 for image i, end_percent {END_PERCENT}, "
                   f"recurrence 1, LGD-MC 4 Monte-Carlo samples, UG without backward steps, augmentations "
                   f"{AUGMENTATIONS}. Judge: mnist-classifier-eval (FD / precision / recall in its feature space, "
@@ -367,8 +429,11 @@ def main() -> int:
 
 
 def claims(sections: dict) -> dict:
-    return {"claim 1": verdict_augmentation(sections["claim 1"]["rows"]),
-            "claim 2": verdict_steps(sections["claim 2"]["rows"])}
+    verdicts = {"claim 1": verdict_augmentation(sections["claim 1"]["rows"]),
+                "claim 2": verdict_steps(sections["claim 2"]["rows"])}
+    if "fast gradient" in sections:
+        verdicts["fast gradient"] = verdict_fast(sections["fast gradient"]["rows"])
+    return verdicts
 
 
 def write(results: dict, verdicts: dict, out: Path) -> int:

@@ -30,6 +30,7 @@ class LossTerm:
     weight: float
     fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]    # (images, rows) → loss per row
     spatial: bool = False        # compares against a map: only colour augmentation keeps the target aligned
+    size: tuple[int, int] | None = None   # the (h, w) its network resizes images to; None: it uses every pixel
 
 
 def chain(previous, term: LossTerm) -> tuple:
@@ -120,7 +121,7 @@ class ClipTextLossGK(GuideKitNode):
         target = clip.encode_text(prompts)
         def fn(images, rows):
             return losses.clip_loss(clip.encode_image(images), per_image(target, rows))
-        return io.NodeOutput(chain(loss, LossTerm(f"CLIP text {prompts[0]!r}", weight, fn)))
+        return io.NodeOutput(chain(loss, LossTerm(f"CLIP text {prompts[0]!r}", weight, fn, size=clip.image_size)))
 
 
 class ClipImageLossGK(GuideKitNode):
@@ -142,7 +143,7 @@ class ClipImageLossGK(GuideKitNode):
             target = clip.encode_image(image.movedim(-1, 1)[:, :3].clone().to(next(clip.model.parameters()).device))
         def fn(images, rows):
             return losses.clip_loss(clip.encode_image(images), per_image(target, rows))
-        return io.NodeOutput(chain(loss, LossTerm("CLIP image", weight, fn)))
+        return io.NodeOutput(chain(loss, LossTerm("CLIP image", weight, fn, size=clip.image_size)))
 
 
 class ClassifierLossGK(GuideKitNode):
@@ -175,7 +176,7 @@ class ClassifierLossGK(GuideKitNode):
                 raise ValueError(f"GuideKit Classifier Loss: input 'target_class' = {target_class!r}, but "
                                  f"{network.name} has {logits.shape[1]} classes (0-{logits.shape[1] - 1})")
             return losses.classifier_loss(logits, per_image(target, rows))
-        return io.NodeOutput(chain(loss, LossTerm(f"classifier {target_class}", weight, fn)))
+        return io.NodeOutput(chain(loss, LossTerm(f"classifier {target_class}", weight, fn, size=network.size)))
 
 
 def aligned_target(target: torch.Tensor, size: tuple[int, int], node: str, input_name: str, warned: list,
@@ -230,7 +231,7 @@ class SegmentationLossGK(GuideKitNode):
             outside = background_class if background_class >= 0 else 255
             labels = torch.where(inside, torch.tensor(mask_class), torch.tensor(outside)).long()
             return losses.segmentation_loss(logits, per_image(labels, rows))
-        return io.NodeOutput(chain(loss, LossTerm("segmentation", weight, fn, spatial=True)))
+        return io.NodeOutput(chain(loss, LossTerm("segmentation", weight, fn, spatial=True, size=network.size)))
 
 
 class SketchLossGK(GuideKitNode):
@@ -262,4 +263,5 @@ class SketchLossGK(GuideKitNode):
                 edges = edges.mean(1, keepdim=True)
             aligned = aligned_target(target, images.shape[-2:], cls.NODE, "target_sketch", warned, "bilinear")
             return losses.sketch_loss(edges, per_image(aligned, rows))
-        return io.NodeOutput(chain(loss, LossTerm("sketch", weight, fn, spatial=True)))
+        size = network.size if network is not None else None        # Sobel edges: every pixel
+        return io.NodeOutput(chain(loss, LossTerm("sketch", weight, fn, spatial=True, size=size)))

@@ -57,7 +57,8 @@ def test_loss_guidance_quality_smoke_writes_rows_and_verdicts(tmp_path):
     assert results["meta"]["smoke"] is True
     rows = [r for section in results["sections"].values() for r in section["rows"]]
     assert rows and all(0.0 <= r["metrics"]["judge accuracy"]["mean"] <= 1.0 for r in rows)
-    assert set(results["verdicts"]) == {"claim 1", "claim 2"}
+    assert set(results["verdicts"]) == {"claim 1", "claim 2", "fast gradient"}
+    assert {r["gradient"] for r in results["sections"]["fast gradient"]["rows"]} == {"exact", "fast"}
     assert (tmp_path / "loss_guidance.md").is_file()
 
 

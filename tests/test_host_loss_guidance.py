@@ -39,9 +39,10 @@ def clip_loss(lg, thin):
 
 
 def guide(lg, model, vae, loss, method="FreeDoM", rule="polyak", scale=1.0, copies=0, recurrence=1, end=1.0,
-          mc=2, backward_steps=0, gradient_vae=None, augmentations="color,translation,resize,cutout"):
+          mc=2, backward_steps=0, gradient_vae=None, augmentations="color,translation,resize,cutout",
+          gradient="exact"):
     return lg[0].LossGuidanceGK.execute(model, vae, loss, method, rule, scale, copies, augmentations, recurrence,
-                                        0.0, 1.0, 0.0, end, mc, backward_steps, 0.1,
+                                        0.0, 1.0, 0.0, end, mc, backward_steps, 0.1, gradient=gradient,
                                         gradient_vae=gradient_vae).result[0]
 
 
@@ -270,6 +271,8 @@ def test_bad_inputs_name_the_node_and_input(thin, lg, taesd, clip_loss):
             nodes.ClipTextLossGK.execute(clip_loss[1], "  \n", 1.0)
         with pytest.raises(ValueError, match="input 'target_class'"):
             nodes.ClassifierLossGK.execute(None, "seven", 1.0)
+        with pytest.raises(ValueError, match="Loss Guidance: input 'gradient' = 'slow' is not one of its options"):
+            guide(lg, model, taesd, clip_loss[0], gradient="slow")
 
 
 def test_an_inference_tensor_in_the_gradient_is_a_clear_error(thin, lg, taesd):
@@ -313,3 +316,108 @@ def test_networks_moved_under_inference_mode_keep_ordinary_weights(lg, thin):
     x = torch.randn(2, 4, dtype=torch.float64, requires_grad=True)
     ours(x).sum().backward()
     assert x.grad is not None
+
+
+def one_guided_step(thin, model, cfg: float, seed: int = 3) -> torch.Tensor:
+    """One euler step of the thin SD1.5 from seeded noise (the guided step itself, not sampling's amplification)."""
+    import comfy.sample
+    noise = torch.randn(thin.latent_shape("sd15", 1), generator=torch.Generator().manual_seed(seed))
+    with torch.inference_mode():
+        positive, negative = thin.conditioning("sd15", 1, seed=1), thin.conditioning("sd15", 1, seed=2)
+        return comfy.sample.sample(model, noise, 1, cfg, "euler", "normal", positive, negative,
+                                   torch.zeros_like(noise), seed=0, disable_pbar=True)
+
+
+def recorded_calls(model) -> tuple[list, object]:
+    """(rows, gradients on) of every diffusion-model call, recorded by a forward hook (remove the handle after)."""
+    calls: list = []
+    handle = model.model.diffusion_model.register_forward_hook(
+        lambda module, args, out: calls.append((out.shape[0], torch.is_grad_enabled())))
+    return calls, handle
+
+
+def sketch_loss(lg):
+    """A loss on every pixel (Sobel edges, no network): the fast gradient decodes at full size for it."""
+    with torch.inference_mode():
+        target = torch.zeros(1, 128, 128, 3)
+        target[:, 32:96, 32:96] = 1
+        return lg[1].SketchLossGK.execute(target, False, 1.0).result[0]
+
+
+def test_fast_gradient_runs_the_conditional_row_with_gradients_and_the_others_without(thin, lg, taesd, clip_loss):
+    model = thin.build("sd15")
+    for gradient, expected in (("exact", [(2, True)]), ("fast", [(1, False), (1, True)])):
+        guided = guide(lg, model, taesd, clip_loss[0], "FreeDoM", "polyak", 1.0, gradient=gradient)
+        calls, handle = recorded_calls(guided)
+        try:
+            out = one_guided_step(thin, guided, cfg=3.0)
+        finally:
+            handle.remove()
+        assert torch.isfinite(out).all()
+        assert [c for c in calls if c[1] or gradient == "fast"] == expected, f"{gradient}: {calls}"
+        assert patch_of(lg, guided).rows_split == (1 if gradient == "fast" else 0)
+    assert not model.get_wrappers("calc_cond_batch", lg[0].WRAPPER_KEY)      # the input model is unchanged
+
+
+def test_fast_gradient_at_cfg_1_is_the_exact_gradient(thin, lg, taesd):
+    """At cfg 1 ComfyUI runs the conditional row only, so with a loss on every pixel (full-size decode) the fast
+    step is the exact one: the same computation, up to the order of float operations."""
+    model, loss = thin.build("sd15"), sketch_loss(lg)
+    exact = one_guided_step(thin, guide(lg, model, taesd, loss, "FreeDoM", "fixed", 20.0), cfg=1.0)
+    fast = guide(lg, model, taesd, loss, "FreeDoM", "fixed", 20.0, gradient="fast")
+    out = one_guided_step(thin, fast, cfg=1.0)
+    assert patch_of(lg, fast).rows_split == 0
+    assert (exact - one_guided_step(thin, model, cfg=1.0)).abs().max() > 1e-3          # the guidance acts
+    torch.testing.assert_close(out, exact, atol=1e-5, rtol=1e-5)
+
+
+def test_fast_gradient_drops_only_the_unconditional_rows_share(thin, lg, taesd):
+    """At cfg w the exact gradient is w·J_c − (w − 1)·J_u (J: each row's vector-Jacobian product) and the fast one
+    w·J_c: with the fixed step their guidance changes differ by (w − 1)·J_u, relative to the change about w − 1
+    where the rows' Jacobians are alike (0.020 and 0.200 measured); checked within 10× of that, growing with w."""
+    model, loss = thin.build("sd15"), sketch_loss(lg)
+    differences, weights = [], (1.02, 1.2)
+    for cfg in weights:
+        steps = {g: one_guided_step(thin, guide(lg, model, taesd, loss, "FreeDoM", "fixed", 20.0, gradient=g), cfg)
+                 for g in ("exact", "fast")}
+        plain = one_guided_step(thin, model, cfg)
+        effect = (steps["exact"] - plain).norm().item()
+        differences.append((steps["fast"] - steps["exact"]).norm().item() / effect)
+        assert effect > 1e-3
+    assert all(0.1 < d / (w - 1) < 10 for d, w in zip(differences, weights)), differences
+    assert differences[1] > 2 * differences[0], differences
+
+
+def test_fast_gradient_decodes_at_the_loss_networks_size(thin, lg, taesd, clip_loss, monkeypatch):
+    decoded: list = []
+    decode = taesd.first_stage_model.decode
+    monkeypatch.setattr(taesd.first_stage_model, "decode", lambda z, *a, **k: decoded.append(z.shape) or decode(z))
+    for gradient in ("exact", "fast"):
+        one_guided_step(thin, guide(lg, thin.build("sd15"), taesd, clip_loss[0], gradient=gradient), cfg=2.0)
+        decoded.append(gradient)
+    clip_side = clip_loss[1].image_size[0]                       # 32: the tiny CLIP's input; images are 128²
+    exact_shapes = decoded[:decoded.index("exact")]
+    fast_shapes = decoded[decoded.index("exact") + 1:decoded.index("fast")]
+    assert exact_shapes and all(tuple(s[-2:]) == (16, 16) for s in exact_shapes)
+    assert fast_shapes and all(tuple(s[-2:]) == (clip_side // 8,) * 2 for s in fast_shapes)
+
+
+@pytest.mark.parametrize("latent, sizes, expected", [
+    ((64, 64), [(224, 224)], (28, 28)),             # SD1.5 512² and CLIP ViT-B/16
+    ((64, 96), [(224, 224)], (28, 42)),             # the larger factor keeps both sides ≥ 224, same aspect
+    ((128, 128), [(224, 224), (520, 520)], (65, 65)),   # the largest network decides
+    ((16, 16), [(224, 224)], None),                 # already smaller: never upsampled
+    ((64, 64), [(224, 224), None], None),           # a loss on every pixel keeps the full size
+    ((64, 64), [], None),
+])
+def test_loss_latent_size(lg, latent, sizes, expected):
+    assert lg[0].loss_latent_size(latent, 8, sizes) == expected
+
+
+def test_each_loss_term_states_its_networks_input_size(lg, clip_loss, thin):
+    with torch.inference_mode():
+        net = lg[1].NetworkLoaderGK.execute("mnist-classifier-guidance.safetensors", "auto", "auto", 20).result[0]
+        classifier = lg[1].ClassifierLossGK.execute(net, "3", 1.0).result[0]
+    assert clip_loss[0][0].size == tuple(clip_loss[1].image_size)
+    assert classifier[0].size == (20, 20)
+    assert sketch_loss(lg)[0].size is None
