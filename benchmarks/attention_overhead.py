@@ -7,12 +7,13 @@ Side by side in one run, on thin-but-realistic models at realistic token counts 
 at 1024² = 4096 image tokens; Wan 2.1 at 480×832 with 33 frames = 9×30×52 = 14,040 video tokens; Qwen-Image
 at 1024² = 4096 image tokens): plain CFG, core PerturbedAttentionGuidance and SelfAttentionGuidance (UNets),
 and GuideKit PAG (separate and batched), SEG, SAG, TPG, STG (block and attention skip), NAG (at cfg 1 against
-an unguided step, and with CFG), FDG, PAG in place of uncond, and PAG over 20-80 % of the schedule. Methods
-are interleaved within every repeat (A B C … A B C …) after an untimed warm-up of each, and each row reports the
-median over repeats of its ratio to the same repeat's baseline (plain CFG, or the unguided step for rows at
-cfg 1) with the spread, so a load change during the run shows as spread, not as a difference. Writes
-benchmarks/results/attention_overhead.json (`--archs` runs some models and keeps the file's rows of the
-others, `--methods` some methods and their baselines and keeps the models' other rows) and prints the table.
+an unguided step, and with CFG; on Wan also forced onto the extra-row route), FDG, PAG in place of uncond, and
+PAG over 20-80 % of the schedule. Methods are interleaved within every repeat (A B C … A B C …) after an
+untimed warm-up of each, and each row reports the median over repeats of its ratio to the same repeat's
+baseline (plain CFG, or the unguided step for rows at cfg 1) with the spread, so a load change during the run
+shows as spread, not as a difference. Writes benchmarks/results/attention_overhead.json (`--archs` runs some
+models and keeps the file's rows of the others, `--methods` some methods and their baselines and keeps the
+models' other rows) and prints the table.
 `--quick` is the seconds-long smoke version (tiny models and latents) that CI runs so the script cannot rot.
 """
 from __future__ import annotations

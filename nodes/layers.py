@@ -30,6 +30,17 @@ def with_ref_method(dm, kwargs: dict) -> bool:
     """Krea 2 appends reference latents only when the call or the model names a reference method."""
     return kwargs.get("ref_latents_method", getattr(dm, "default_ref_method", None)) is not None
 
+@dataclass(frozen=True)
+class TextCrossAttention:
+    """Where a family's text enters when it enters only through cross-attention: embedded once per call by the
+    model's `embedder`, then read only as keys and values by each block's `attention` module (Wan). NAG's
+    negative keys can then be computed in the layer, with no extra rows."""
+    embedder: str                           # diffusion-model attribute embedding the text tokens once
+    attention: str                          # block attribute: the cross-attention module
+    key: tuple[str, ...] = ("k", "norm_k")  # its modules making keys from the embedded text, applied in order
+    value: tuple[str, ...] = ("v",)         # … and values
+
+
 PLACE_ALIASES = {"in": "input", "mid": "middle", "out": "output", "down": "input", "up": "output"}
 
 
@@ -47,6 +58,7 @@ class Architecture:
     dit_keys: tuple[tuple[str, str], ...] = ()   # place → patches_replace["dit"] key: GuideKit labels blocks
     wrapped: tuple[tuple[str, str], ...] = ()    # (place, block list) GuideKit labels by wrapping for one call
     refs_after: RefsUsed | None = None   # (model, call kwargs) → the call's reference latents follow the image
+    text_cross: TextCrossAttention | None = None   # the text enters only through cross-attention (NAG's keys)
 
     @property
     def patch_size(self) -> int:
@@ -72,6 +84,8 @@ class Family:
                                                 # wraps their forward for the length of a model call to name them
     refs_after: RefsUsed | None = None          # reference latents become tokens after the image, when this says
     accepts: Callable[[object], bool] = lambda dm: True
+    text_cross: TextCrossAttention | None = None   # the text enters only through each block's cross-attention
+                                                # (NAG computes the negative's keys there; None: extra rows)
     default: str = ""                           # the reference implementation's layer where one exists (else
                                                 # the middle block of the stack)
 
@@ -85,7 +99,8 @@ FAMILIES: tuple[Family, ...] = (
            dit_keys=(("joint", "double_block"),), time_embedder="t_embedder",
            default="joint.1"),                  # diffusers' StableDiffusion3PAGPipeline: pag_applied_layers "blocks.1"
     Family("wan", "Wan 2.1 / 2.2 (T2V, I2V)", ("WanModel",), (("block", "blocks"),),
-           dit_keys=(("block", "double_block"),), image="only", patch=(1, 2, 2), time_embedder="time_embedding"),
+           dit_keys=(("block", "double_block"),), image="only", patch=(1, 2, 2), time_embedder="time_embedding",
+           text_cross=TextCrossAttention("text_embedding", "cross_attn")),
     Family("lumina2", "Lumina 2 / Z-Image (also pixel space)", ("NextDiT",), (("double", "layers"),),
            time_embedder="t_embedder",
            image_pad="pad_tokens_multiple", wrap=True),          # the main layers; the refiners are not labelled
@@ -194,7 +209,7 @@ def architecture_of(dm, node: str) -> Architecture:
         patch = family.patch(dm) if callable(family.patch) else family.patch or _patch(dm)
         return Architecture(family.id, name, tuple(layers), patch, preset, middle,
                             image == "first", pad, family.dit_keys, family.stacks if family.wrap else (),
-                            family.refs_after)
+                            family.refs_after, family.text_cross)
     supported = ", ".join(f.name for f in FAMILIES)
     why = f" ({UNREACHABLE[name][0]}: {UNREACHABLE[name][1]})" if name in UNREACHABLE else ""
     raise ValueError(f"{node}: this model ({name}) has no self-attention GuideKit can reach{why}. "

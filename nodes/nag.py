@@ -2,18 +2,27 @@
 
 Two routes to the negative's attention output Z⁻ at each chosen layer, both leaving the positive's image
 stream the only one that matters:
-- UNets (cross-attention to the text): the negative's keys and values are computed in the layer itself, from
-  the negative prompt through that layer's own projections (an attn2 patch on the clone; no extra rows).
-- DiTs: the negative prompt runs as extra rows of the sampler's model call, with every other conditioning
-  input (pooled vector, guidance, references) taken from the positive; at each chosen block the attention
-  outputs of the positive's and the negative's image tokens are combined, and both rows continue with the
-  result, so the negative's rows see the positive's image stream at every layer (the official Flux code's
-  shared image stream) and only their text differs. Its prediction is dropped.
+- Keys in the layer, where the text enters only through cross-attention (UNets; DiTs whose family row names
+  its text cross-attention, `text_cross`: Wan): the negative's keys and values are computed in the layer
+  itself, from the negative prompt through that layer's own projections, and Z⁻ = attention(Q⁺, K⁻, V⁻).
+  No extra rows: UNets through an attn2 patch; DiTs through the attention override, with the negative's text
+  embedded once per call by the model's own embedder.
+- Extra rows (joint-attention DiTs, whose text tokens share the sequence and change at every block): inside
+  each model call that holds positive rows, GuideKit appends the negative's rows to that same call (every
+  conditioning input copied from the positive's rows, the text from the negative), so it does not depend on
+  ComfyUI batching the two prompts together (it splits them under memory pressure). At each chosen block the
+  attention outputs of a positive row's and its negative row's image tokens are combined, and both rows
+  continue with the result; with every block chosen (the default) the negative's rows see the positive's
+  image stream at every layer (the official Flux code's shared image stream) and only their text differs.
+  Their predictions are dropped.
+With every block chosen the two routes compute the same Z⁻ on a cross-attention family (tested on Wan).
 """
 from __future__ import annotations
 
 from collections.abc import Iterable
 
+import comfy.conds
+import comfy.patcher_extension
 import comfy.sampler_helpers
 import comfy.samplers
 import torch
@@ -26,9 +35,7 @@ from . import registrar
 from .attention_hooks import (
     GRID,
     IMAGE_TAIL,
-    MARK,
     _heads_first,
-    _marked_chunks,
     _rows,
     image_grid,
     image_start,
@@ -83,30 +90,41 @@ class UNetCrossAttention:
         return out
 
 
-class DiTAttention:
-    """optimized_attention_override: in the chosen blocks, the positive's and the negative's image-token outputs
-    become NAG's combination on both rows (text and other tokens keep their own)."""
+PAIRS = "guidekit_nag_pairs"          # + node id, in transformer_options: ((positive chunk, its negative chunk), …)
+KEYS = "guidekit_nag_keys"            # + node id, in transformer_options: the call's negative keys (NegativeKeys)
+NEGATIVES = "guidekit_nag_negatives"  # transformer_options: chunks that are some NAG node's negative (not guided)
 
-    def __init__(self, token: object, layers: Iterable[Layer], previous, arch: Architecture, settings: Settings):
-        self.token, self.layers, self.previous = token, frozenset(layers), previous
+
+def _positive(to: dict) -> list[int]:
+    """The chunks NAG guides: the positive's (label 0), not another NAG node's negative chunks."""
+    negatives = to.get(NEGATIVES, ())
+    return [j for j, c in enumerate(to.get("cond_or_uncond") or [0]) if c == 0 and j not in negatives]
+
+
+def _tokens(out: torch.Tensor, heads_first: bool) -> torch.Tensor:
+    """An attention output as (B, L, heads·d) tokens (a copy: safe to write)."""
+    return out.transpose(1, 2).flatten(2) if heads_first else out.clone()
+
+
+def _host_layout(tokens: torch.Tensor, heads: int, heads_first: bool) -> torch.Tensor:
+    """(B, L, heads·d) tokens back in the layout the host's attention call returns."""
+    return _heads_first(tokens, heads) if heads_first else tokens
+
+
+class DiTAttention:
+    """optimized_attention_override of the extra-row route: in the chosen blocks, the image-token outputs of
+    each positive chunk and its negative chunk become NAG's combination on both (text tokens keep their own)."""
+
+    def __init__(self, key: str, layers: Iterable[Layer], previous, arch: Architecture, settings: Settings):
+        self.key, self.layers, self.previous = key, frozenset(layers), previous
         self.arch, self.settings = arch, settings
 
     def __call__(self, func, *args, **kwargs):
         out = self.previous(func, *args, **kwargs) if self.previous is not None else func(*args, **kwargs)
         to = kwargs.get("transformer_options") or {}
-        if (to.get("block_type"), to.get("block_index")) not in self.layers:
+        pairs = to.get(self.key)
+        if not pairs or (to.get("block_type"), to.get("block_index")) not in self.layers:
             return out
-        labels = to.get("cond_or_uncond") or [0]
-        negative, _ = _marked_chunks(to, self.token)
-        positive = [j for j, c in enumerate(labels) if c == 0]
-        if not negative:
-            return out
-        if len(positive) != len(negative):
-            raise ValueError(f"{NODE}: ComfyUI ran the positive prompt and NAG's negative in separate model calls "
-                             "(it splits a batch when it estimates too little free memory for it, or when the two "
-                             "prompts' token counts are more than 4× apart), and on this model NAG needs them in one "
-                             "call; lower the resolution or the batch size, or bring the negative prompt's length "
-                             "closer to the positive's")
         q, k = args[0], args[1]
         heads = args[3] if len(args) > 3 else kwargs["heads"]
         seq = 2 if kwargs.get("skip_reshape", False) else 1
@@ -118,59 +136,231 @@ class DiTAttention:
                                                      to.get(IMAGE_TAIL, 0))
         count = q_len if q_len != k_len else n_image          # cross-attention: every query is an image token
         heads_first = kwargs.get("skip_output_reshape", False)
-        tokens = out.transpose(1, 2).flatten(2) if heads_first else out          # (B, L, heads·d)
-        per_chunk = q.shape[0] // len(labels)
-        tokens = tokens.clone()
-        for p, n in zip(positive, negative):
+        tokens = _tokens(out, heads_first)
+        per_chunk = q.shape[0] // len(to.get("cond_or_uncond") or [0])
+        for p, n in pairs:
             pos = slice(p * per_chunk, (p + 1) * per_chunk)
             neg = slice(n * per_chunk, (n + 1) * per_chunk)
             z = self.settings.combine(tokens[pos, start:start + count], tokens[neg, start:start + count])
             tokens[pos, start:start + count] = z
             tokens[neg, start:start + count] = z
-        return _heads_first(tokens, heads) if heads_first else tokens
+        return _host_layout(tokens, heads, heads_first)
+
+
+def _with_rows(value, rows: torch.Tensor, batch: int):
+    """`value` with `rows` of every tensor whose first axis is the call's batch appended (lists, dicts too)."""
+    if isinstance(value, torch.Tensor):
+        return torch.cat([value, value[rows.to(value.device)]]) if value.ndim and value.shape[0] == batch else value
+    if isinstance(value, (list, tuple)):
+        return type(value)(_with_rows(v, rows, batch) for v in value)
+    if isinstance(value, dict):
+        return {key: _with_rows(v, rows, batch) for key, v in value.items()}
+    return value
+
+
+def _join_text(tokens: torch.Tensor, mask: torch.Tensor | None, neg_tokens: torch.Tensor,
+               neg_mask: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The call's text tokens with the negative's rows appended. Unmasked: the shorter repeated to the
+    common multiple of the lengths (ComfyUI's own padding; attention over repeated keys is unchanged); masked:
+    the shorter zero-padded and masked out."""
+    if mask is None and neg_mask is None:
+        both = comfy.conds.CONDCrossAttn(tokens).concat([comfy.conds.CONDCrossAttn(neg_tokens)])
+        return both, None
+    mask = mask if mask is not None else torch.ones(tokens.shape[:2], dtype=neg_mask.dtype, device=tokens.device)
+    neg_mask = neg_mask if neg_mask is not None else torch.ones(neg_tokens.shape[:2], dtype=mask.dtype,
+                                                                device=tokens.device)
+    if mask.ndim != 2 or neg_mask.ndim != 2:
+        raise ValueError(f"{NODE}: this model's text attention mask has shape {tuple(mask.shape)}, not (batch, "
+                         "tokens); NAG cannot add the negative's rows to it. Use a negative prompt of the "
+                         "positive's token length")
+    length = max(tokens.shape[1], neg_tokens.shape[1])
+
+    def pad(t: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.pad(t, (0, 0, 0, length - t.shape[1])) if t.ndim == 3 else \
+            torch.nn.functional.pad(t, (0, length - t.shape[1]))
+    return torch.cat([pad(tokens), pad(neg_tokens)]), torch.cat([pad(mask), pad(neg_mask.to(mask.dtype))])
 
 
 class NegativeRows:
-    """The sampler's batch function on DiTs: adds the negative prompt's rows while NAG is active."""
+    """APPLY_MODEL wrapper of the extra-row route: every model call that holds positive chunks gets, in the same
+    call, a negative chunk for each (the positive's rows and inputs, the negative's text); their outputs are
+    dropped. So the negative's rows run beside their positive's however ComfyUI batches the conds."""
+    def __init__(self, key: str, tokens: torch.Tensor, mask: torch.Tensor | None, constants: frozenset[str]):
+        self.key, self.tokens, self.mask, self.constants = key, tokens, mask, constants
 
-    def __init__(self, arch: Architecture, layers, negative: list, settings: Settings, previous):
+    def __call__(self, executor, x, t, c_concat=None, c_crossattn=None, control=None, transformer_options=None,
+                 **kwargs):
+        to = dict(transformer_options or {})
+        labels = list(to.get("cond_or_uncond") or [0])
+        positive = _positive(to)
+        if not positive or c_crossattn is None:
+            return executor(x, t, c_concat, c_crossattn, control, transformer_options, **kwargs)
+        batch = x.shape[0]
+        rows = _rows(positive, batch // len(labels), x.device)
+        neg = self.tokens.to(c_crossattn.device, c_crossattn.dtype).expand(len(rows), -1, -1)
+        neg_mask = None if self.mask is None else self.mask.to(c_crossattn.device).expand(len(rows), -1)
+        c_crossattn, mask = _join_text(c_crossattn, kwargs.get("attention_mask"), neg, neg_mask)
+        kwargs = {key: value if key in self.constants else _with_rows(value, rows, batch)
+                  for key, value in kwargs.items()}
+        if mask is not None:
+            kwargs["attention_mask"] = mask
+        for key in ("cond_or_uncond", "uuids"):
+            if isinstance(to.get(key), list) and len(to[key]) == len(labels):
+                to[key] = to[key] + [to[key][j] for j in positive]
+        if isinstance(to.get("sigmas"), torch.Tensor):
+            to["sigmas"] = _with_rows(to["sigmas"], rows, batch)
+        to[self.key] = tuple(zip(positive, range(len(labels), len(labels) + len(positive))))
+        to[NEGATIVES] = frozenset(to.get(NEGATIVES, ())) | {n for _, n in to[self.key]}
+        out = executor(_with_rows(x, rows, batch), _with_rows(t, rows, batch), _with_rows(c_concat, rows, batch),
+                       c_crossattn, _with_rows(control, rows, batch), to, **kwargs)
+        return out[:batch]
+
+
+def _chain(module: torch.nn.Module, names: tuple[str, ...]) -> list[torch.nn.Module]:
+    """The submodules a family row names (e.g. a cross-attention's key projection and its norm), in order."""
+    return [getattr(module, name) for name in names]
+
+
+def _apply(modules: list[torch.nn.Module], x: torch.Tensor) -> torch.Tensor:
+    """x through `modules` one after another."""
+    for module in modules:
+        x = module(x)
+    return x
+
+
+class CallKeys:
+    """One model call's negative keys and values per chosen layer, and the positive's text keys of that call
+    (to tell the text cross-attention call from the others: image cross-attention, self-attention)."""
+
+    def __init__(self, tokens: torch.Tensor, cross, embedder: torch.nn.Module, modules: dict):
+        self.tokens, self.cross, self.embedder, self.modules = tokens, cross, embedder, modules
+        self.negative: dict = {}                  # layer → (K⁻, V⁻)
+        self.positive: dict = {}                  # layer → the positive's key tensor of this call
+        self.busy = False
+
+    def embedded(self, module, inputs, output) -> None:
+        """Forward hook on the text embedder: embed the negative's text alike and make its keys per layer."""
+        if self.busy:
+            return
+        self.busy = True
+        try:
+            like = inputs[0]
+            context = self.embedder(self.tokens.to(like.device, like.dtype))
+            self.negative = {layer: (_apply(_chain(m, self.cross.key), context), _apply(_chain(m, self.cross.value),
+                                                                                      context))
+                             for layer, m in self.modules.items()}
+        finally:
+            self.busy = False
+
+    def capture(self, layer: Layer):
+        """Forward hook on a layer's last key module: remembers the positive's text keys of this call."""
+        def hook(module, inputs, output) -> None:
+            if not self.busy:
+                self.positive[layer] = output
+        return hook
+
+
+class NegativeKeys:
+    """APPLY_MODEL wrapper of the keys-in-the-layer route on DiTs: hooks, for this call only, the text embedder
+    (to embed the negative's text) and each chosen layer's last key module (to know its text keys)."""
+    def __init__(self, key: str, arch: Architecture, layers: tuple[Layer, ...], tokens: torch.Tensor):
+        self.key, self.arch, self.layers, self.tokens = key, arch, layers, tokens
+
+    def __call__(self, executor, x, t, c_concat=None, c_crossattn=None, control=None, transformer_options=None,
+                 **kwargs):
+        cross = self.arch.text_cross
+        dm = executor.class_obj.diffusion_model
+        blocks = layer_modules(dm, self.arch)
+        modules = {layer: getattr(blocks[layer], cross.attention) for layer in self.layers}
+        call = CallKeys(self.tokens, cross, getattr(dm, cross.embedder), modules)
+        handles = [call.embedder.register_forward_hook(call.embedded)]
+        try:
+            handles += [_chain(m, cross.key)[-1].register_forward_hook(call.capture(layer))
+                        for layer, m in modules.items()]
+            to = dict(transformer_options or {}, **{self.key: call})
+            return executor(x, t, c_concat, c_crossattn, control, to, **kwargs)
+        finally:
+            for handle in handles:
+                handle.remove()
+
+
+class KeysAttention:
+    """optimized_attention_override of the keys-in-the-layer route: on a chosen layer's text cross-attention,
+    the positive chunks' outputs become NAG(Z⁺, attention(Q⁺, K⁻, V⁻))."""
+
+    def __init__(self, key: str, previous, settings: Settings):
+        self.key, self.previous, self.settings = key, previous, settings
+
+    def __call__(self, func, *args, **kwargs):
+        out = self.previous(func, *args, **kwargs) if self.previous is not None else func(*args, **kwargs)
+        to = kwargs.get("transformer_options") or {}
+        call = to.get(self.key)
+        layer = (to.get("block_type"), to.get("block_index"))
+        if call is None or layer not in call.negative or args[1] is not call.positive.get(layer):
+            return out
+        labels = to.get("cond_or_uncond") or [0]
+        positive = _positive(to)
+        if not positive:
+            return out
+        q = args[0]
+        heads = args[3] if len(args) > 3 else kwargs["heads"]
+        rows = _rows(positive, q.shape[0] // len(labels), q.device)
+        k_neg, v_neg = (t.to(q.dtype).expand(len(rows), -1, -1) for t in call.negative[layer])
+        if kwargs.get("skip_reshape", False):
+            k_neg, v_neg = _heads_first(k_neg, heads), _heads_first(v_neg, heads)
+        rest = dict(kwargs, mask=None)
+        z_neg = func(q[rows], k_neg, v_neg, *args[3:], **rest)
+        heads_first = kwargs.get("skip_output_reshape", False)
+        tokens = _tokens(out, heads_first)
+        tokens[rows] = self.settings.combine(tokens[rows], _tokens(z_neg, heads_first))
+        return _host_layout(tokens, heads, heads_first)
+
+
+class NAGStep:
+    """The sampler's batch function on DiTs: while NAG is active, installs this step's route on a copy of the
+    model options (the conds ComfyUI batches are left as they are)."""
+
+    def __init__(self, arch: Architecture, layers: tuple[Layer, ...], negative: list, settings: Settings, previous):
         self.arch, self.layers, self.negative, self.settings, self.previous = arch, layers, negative, settings, previous
-        self.token = object()
 
-    def conds(self, args: dict) -> list:
-        """The positive's entries with their text tokens (and text mask) taken from the negative prompt."""
+    def negative_text(self, args: dict) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The negative prompt's text tokens (and text mask) as the model's extra_conds make them."""
         x = args["input"]
         encoded = comfy.samplers.encode_model_conds(args["model"].extra_conds,
                                                     comfy.sampler_helpers.convert_cond(self.negative), x, x.device,
                                                     "negative")
         neg = encoded[0]["model_conds"]
-        out = []
-        for entry in args["conds"][0]:
-            model_conds = dict(entry["model_conds"])
-            if TOKENS not in model_conds or TOKENS not in neg:
-                raise ValueError(f"{NODE}: this model's conditioning has no text tokens ({sorted(model_conds)}); "
-                                 "NAG needs a text-conditioned model")
-            for key in (TOKENS, "attention_mask"):
-                if key in neg:
-                    model_conds[key] = neg[key]
-            out.append(dict(entry, model_conds=model_conds))
-        return out
+        if TOKENS not in neg:
+            raise ValueError(f"{NODE}: this model's conditioning has no text tokens ({sorted(neg)}); "
+                             "NAG needs a text-conditioned model")
+        mask = neg.get("attention_mask")
+        return neg[TOKENS].cond, None if mask is None else mask.cond
 
     def __call__(self, args: dict) -> list[torch.Tensor]:
         conds, x = args["conds"], args["input"]
         if conds[0] is None or not self.settings.active.active(args["sigma"]):
             return registrar.run_calc(args, self.previous, conds, args["model_options"])
-        row = len(conds)
+        tokens, mask = self.negative_text(args)
         mo = dict(args["model_options"])
         to = dict(mo.get("transformer_options", {}))
         mo["transformer_options"] = to
-        to[MARK] = {**to.get(MARK, {}), row: self.token}
         to[GRID] = image_grid(self.arch, x.shape)
-        to["optimized_attention_override"] = DiTAttention(self.token, self.layers,
-                                                          to.get("optimized_attention_override"), self.arch,
-                                                          self.settings)
+        previous = to.get("optimized_attention_override")
+        if self.arch.text_cross is not None:
+            key = f"{KEYS}_{id(self)}"
+            wrapper = NegativeKeys(key, self.arch, self.layers, tokens)
+            to["optimized_attention_override"] = KeysAttention(key, previous, self.settings)
+        else:
+            key = f"{PAIRS}_{id(self)}"
+            constants = frozenset(name for entry in conds[0] for name, value in entry["model_conds"].items()
+                                  if isinstance(value, comfy.conds.CONDConstant))
+            wrapper = NegativeRows(key, tokens, mask, constants)
+            to["optimized_attention_override"] = DiTAttention(key, self.layers, previous, self.arch, self.settings)
+        wrappers = {kind: dict(by_key) for kind, by_key in to.get("wrappers", {}).items()}
+        wrappers.setdefault(comfy.patcher_extension.WrappersMP.APPLY_MODEL, {})[key] = [wrapper]
+        to["wrappers"] = wrappers
         label_blocks(to, self.arch, self.layers)
-        return registrar.run_calc(args, self.previous, [*conds, self.conds(args)], mo)[:-1]
+        return registrar.run_calc(args, self.previous, conds, mo)
 
 
 def patch(model, negative: list, scale: float, tau: float, alpha: float, layers: str, start_percent: float,
@@ -192,14 +382,15 @@ def patch(model, negative: list, scale: float, tau: float, alpha: float, layers:
             m.set_model_attn2_replace(UNetCrossAttention(attn2, tokens, settings, previous.get(layer)), *layer)
     else:
         previous = m.model_options.get("sampler_calc_cond_batch_function")
-        rows = NegativeRows(arch, tuple(chosen), negative, settings, previous)
-        m.set_model_sampler_calc_cond_batch_function(lambda args: rows(args))
+        step = NAGStep(arch, tuple(chosen), negative, settings, previous)
+        m.set_model_sampler_calc_cond_batch_function(lambda args: step(args))
     return m
 
 
 class NormalizedAttentionGuidanceGK(GuideKitNode):
-    COST = {"extra_passes": 1, "what": "DiTs: the negative prompt's rows (their image stream is the positive's); "
-                                      "UNets: only the negative's keys and values in each cross-attention"}
+    COST = {"extra_passes": 1, "what": "joint-attention DiTs: the negative prompt's rows (their image stream is the "
+                                      "positive's); UNets and Wan: only the negative's keys and values in each "
+                                      "cross-attention, no rows"}
 
     @classmethod
     def define_schema(cls) -> io.Schema:

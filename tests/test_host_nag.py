@@ -106,9 +106,10 @@ def test_nag_guides_every_family_and_an_equal_negative_changes_nothing(node, thi
 
 
 def test_rows_per_step(node, thin):
-    """DiTs: one row for the negative per active step at cfg 1; none outside the range; UNets: none."""
+    """Extra-row route (Flux): one row for the negative per active step at cfg 1, none outside the range;
+    keys in the layer (UNets, Wan): none."""
     from test_host_frontend_routes import StepRows
-    for arch, extra in (("flux", 1), ("sd15", 0)):
+    for arch, extra in (("flux", 1), ("sd15", 0), ("wan21_t2v", 0)):
         model = thin.build(arch)
         neg = thin.conditioning(arch, seed=5)
         for kw, expected in (({}, extra), ({"start_percent": 0.99}, 0)):
@@ -119,13 +120,155 @@ def test_rows_per_step(node, thin):
             assert rows[:3] == [1 + expected] * 3, (arch, kw, rows)
 
 
-def test_split_prompts_and_bad_inputs_are_clear_errors(node, thin):
-    model = thin.build("flux")
+def test_two_nag_nodes_stack(node, thin):
+    """Two NAG nodes on one model: each guides with its own negative (extra rows: one row each, none guided by
+    the other node; keys in the layer: none), and the second negative changes the sample."""
+    from test_host_frontend_routes import StepRows
+    for arch, extra in (("flux", 2), ("wan21_t2v", 0)):
+        model = thin.build(arch, std=0.1)
+        once = node.run(model=model, negative=thin.conditioning(arch, seed=5))[0]
+        twice = node.run(model=once, negative=thin.conditioning(arch, seed=6))[0]
+        counter = StepRows(model)
+        stacked = thin.sample(twice, arch, cfg=1.0, steps=3)
+        assert counter.per_step() == [1 + extra] * 3
+        single = thin.sample(once, arch, cfg=1.0, steps=3)
+        assert torch.isfinite(stacked).all() and (stacked - single).abs().max() > 1e-3
+
+
+def test_prompts_of_far_apart_lengths_and_bad_inputs(node, thin):
+    """A negative 41 tokens long beside an 8-token positive: ComfyUI never batches the two (their common
+    length is over 4× either), NAG's own call pads them and guides; bad inputs are clear errors."""
+    model = thin.build("flux", std=0.1)
     far = [[torch.randn(1, 41, thin.SPECS["flux"].context_dim), dict(thin.conditioning("flux")[0][1])]]
-    with pytest.raises(ValueError, match="GuideKit NAG: ComfyUI ran the positive prompt and NAG's negative in "
-                                         "separate model calls"):
-        thin.sample(node.run(model=model, negative=far)[0], "flux", cfg=1.0, steps=2)
+    plain = thin.sample(model, "flux", cfg=1.0, steps=2)
+    guided = thin.sample(node.run(model=model, negative=far)[0], "flux", cfg=1.0, steps=2)
+    assert torch.isfinite(guided).all() and (guided - plain).abs().max() > 1e-3
     with pytest.raises(ValueError, match="GuideKit NAG: input 'negative' is empty"):
         node.run(model=model, negative=[])
     with pytest.raises(ValueError, match="input 'layers'"):
         node.run(model=model, negative=thin.conditioning("flux"), layers="double.99")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# NAG does not depend on ComfyUI batching the positive with anything: each cond in its own model call
+
+GIB = 1 << 30
+
+
+@pytest.fixture
+def one_cond_per_call(comfy, monkeypatch):
+    """ComfyUI's batch planner told that one row needs 1 GiB and 2 GiB are free: it runs every cond in a model
+    call of its own (samplers._calc_cond_batch: memory_required(rows) · 1.5 < free memory). Restored after."""
+    import comfy.model_base
+    import comfy.model_management
+    import comfy.model_patcher
+
+    def free(dev=None, torch_free_too=False):
+        return (2 * GIB, 2 * GIB) if torch_free_too else 2 * GIB
+    monkeypatch.setattr(comfy.model_base.BaseModel, "memory_required",
+                        lambda self, input_shape, *args, **kwargs: input_shape[0] * GIB)
+    monkeypatch.setattr(comfy.model_management, "get_free_memory", free)
+    if hasattr(comfy.model_patcher.ModelPatcher, "get_free_memory"):
+        monkeypatch.setattr(comfy.model_patcher.ModelPatcher, "get_free_memory", lambda self, *a, **k: 2 * GIB)
+
+
+class CallRows:
+    """The batch size of every diffusion-model call."""
+
+    def __init__(self, patcher):
+        self.sizes: list[int] = []
+        self.handle = patcher.model.diffusion_model.register_forward_pre_hook(
+            lambda module, args: self.sizes.append(args[0].shape[0]))
+
+    def stop(self) -> list[int]:
+        self.handle.remove()
+        return self.sizes
+
+
+def rounding_bound(thin, model, arch: str, steps: int, sample: torch.Tensor, scale: float = 5.0) -> float:
+    """How far two float32 evaluations of the same sample may differ when only their batch shapes (the order of
+    their sums) differ: a dot product of n terms rounds by ≤ n·u of its size (u = 2⁻²⁴, n = the widest reduction:
+    a linear layer's inputs or the attention's tokens), NAG's s·Z⁺ − (s − 1)·Z⁻ amplifies a rounding in Z by
+    ≤ 2s − 1, and the steps add up."""
+    from guidekit.nodes.attention_hooks import image_grid
+    from guidekit.nodes.layers import architecture
+    dm = model.model.diffusion_model
+    tokens = torch.tensor(image_grid(architecture(model, "test"), thin.latent_shape(arch))).prod().item() + 8
+    n = max([tokens] + [m.in_features for m in dm.modules() if isinstance(m, torch.nn.Linear)])
+    return steps * (2 * scale - 1) * n * 2.0 ** -24 * max(1.0, sample.abs().max().item())
+
+
+@pytest.mark.parametrize("cfg", [1.0, 4.0])
+@pytest.mark.parametrize("arch", ["flux", "qwen_image"])
+def test_each_cond_in_its_own_call_equals_the_batched_result(node, thin, arch, cfg, request):
+    """Extra-row route: with ComfyUI running every cond alone, NAG's negative rows still share the positive's
+    call; the sample equals the batched one up to rounding and the rows per step are the same."""
+    from test_host_frontend_routes import StepRows
+    model = thin.build(arch, std=0.1)
+    patched = node.run(model=model, negative=thin.conditioning(arch, seed=5))[0]
+    plain = thin.sample(model, arch, cfg=cfg, steps=3)
+    counter = StepRows(model)
+    batched = thin.sample(patched, arch, cfg=cfg, steps=3)
+    batched_rows = counter.per_step()
+    request.getfixturevalue("one_cond_per_call")
+    calls = CallRows(model)
+    counter = StepRows(model)
+    split = thin.sample(patched, arch, cfg=cfg, steps=3)
+    split_rows, sizes = counter.per_step(), calls.stop()
+    assert set(sizes) == ({2} if cfg == 1.0 else {1, 2}), f"ComfyUI batched the conds ({sizes}): no split"
+    assert split_rows == batched_rows == [2 if cfg == 1.0 else 3] * 3
+    effect = (batched - plain).abs().max().item()
+    diff = (split - batched).abs().max().item()
+    print(f"{arch} cfg {cfg}: effect {effect:.3e} split-batched {diff:.3e}")
+    tol = rounding_bound(thin, model, arch, 3, batched)
+    assert effect > 10 * tol                             # the bound tells a wrong route from rounding
+    assert diff <= tol
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Keys in the layer (families whose text enters only through cross-attention) against the extra-row route
+
+
+def rows_route(model, negative: list, scale=5.0, tau=2.5, alpha=0.25):
+    """A clone of `model` with NAG forced onto the extra-row route (its family row without `text_cross`)."""
+    import dataclasses
+
+    from guidekit.guidance.schedule import SigmaRange
+    from guidekit.nodes.layers import architecture
+    from guidekit.nodes.nag import NAGStep, Settings
+    arch = dataclasses.replace(architecture(model, "test"), text_cross=None)
+    step = NAGStep(arch, arch.layers, negative, Settings(scale, tau, alpha, SigmaRange()), None)
+    m = model.clone()
+    m.set_model_sampler_calc_cond_batch_function(lambda args: step(args))
+    return m
+
+
+@pytest.mark.parametrize("cfg", [1.0, 4.0])
+@pytest.mark.parametrize("arch", ["wan21_t2v", "wan21_i2v"])
+def test_keys_in_the_layer_equal_the_extra_rows_on_wan(node, thin, arch, cfg, request):
+    """Wan: Z⁻ from the negative's keys in each cross-attention equals the extra-row route's Z⁻ (every block
+    chosen: the negative's rows then carry the positive's image stream), with no extra row; also with every
+    cond in its own call."""
+    from test_host_frontend_routes import StepRows
+    if thin.missing(arch):
+        pytest.skip(f"this ComfyUI has no {thin.missing(arch)}")
+    model = thin.build(arch, std=0.1)
+    negative = thin.conditioning(arch, seed=5)
+    plain = thin.sample(model, arch, cfg=cfg, steps=3)
+    counter = StepRows(model)
+    rows = thin.sample(rows_route(model, negative), arch, cfg=cfg, steps=3)
+    rows_per_step = counter.per_step()
+    counter = StepRows(model)
+    keys = thin.sample(node.run(model=model, negative=negative)[0], arch, cfg=cfg, steps=3)
+    keys_per_step = counter.per_step()
+    request.getfixturevalue("one_cond_per_call")
+    split = thin.sample(node.run(model=model, negative=negative)[0], arch, cfg=cfg, steps=3)
+    unguided_rows = 1 if cfg == 1.0 else 2
+    assert keys_per_step == [unguided_rows] * 3 and rows_per_step == [unguided_rows + 1] * 3
+    effect = (keys - plain).abs().max().item()
+    print(f"{arch} cfg {cfg}: effect {effect:.3e} keys-rows {(keys - rows).abs().max().item():.3e} "
+          f"split-keys {(split - keys).abs().max().item():.3e} size {keys.abs().max().item():.3e}")
+    tol = rounding_bound(thin, model, arch, 3, keys)      # the routes order the same sums differently
+    assert effect > 10 * tol                             # the bound tells a wrong route from rounding
+    assert (keys - rows).abs().max().item() <= tol
+    assert (split - keys).abs().max().item() <= tol
