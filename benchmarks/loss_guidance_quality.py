@@ -73,7 +73,7 @@ FULL = {"seeds": (0, 1, 2), "samples": 300, "steps": 20, "sweep_steps": (20, 50,
 SMOKE = {"seeds": (0,), "samples": 8, "steps": 2, "sweep_steps": (2, 3), "sweep_seeds": 1, "sweep_samples": 8,
          "configs": 2}
 FAST_CFG = 1.5                                          # section 4: CFG where accuracy is not saturated (0.90)
-FAST_SCALES = (0.05, 0.1)                               # section 4: FreeDoM + Polyak's two probed scales
+FAST_SCALES = (0.05,)                                  # section 4: FreeDoM + Polyak, the best probed scale at cfg 1
 METRICS = {"judge accuracy": True, "guide accuracy": True, "guide loss": False, "FD": False, "precision": True,
            "recall": True}
 

@@ -5,8 +5,9 @@ re-runs that prediction with gradients enabled (outside ComfyUI's inference mode
 (or a cheap TAESD decoder), evaluates the loss chain on randomly augmented copies, and hands the sampler
 the denoised image that makes its step the method's guided step (guidance/loss_guidance.py).
 Gradient 'fast': the same value of x0, but its graph holds the conditional row only (a calc_cond_batch
-wrapper runs the other rows of CFG without gradients), and x0 is decoded at the smallest latent size that
-still covers the loss networks' input size: the backward pass goes through one row and a small decode.
+wrapper runs the other rows of CFG without gradients on the CPU, where a row costs its FLOPs; on accelerators,
+where a second row in the same call is nearly free (benchmarks/gpu.py), it keeps the batched call and detaches
+the other rows), and x0 is decoded at the smallest latent size that still covers the loss networks' input size.
 """
 from __future__ import annotations
 
@@ -111,6 +112,11 @@ def loss_of_x0(terms: tuple, decode, copies: int, policy: tuple[str, ...]):
     return loss_fn
 
 
+def split_rows(x: torch.Tensor) -> bool:
+    """Fast gradient: run the other rows in a call of their own (CPU) or detach them from the batched call."""
+    return x.device.type == "cpu"
+
+
 def next_sigma(sigmas: torch.Tensor | None, sigma: float) -> float:
     """The schedule's next σ below `sigma` (0 after the last step or without a schedule)."""
     if sigmas is None:
@@ -127,7 +133,7 @@ class LossGuidance:
         self.terms, self.vae, self.gradient_vae = terms, vae, gradient_vae
         self.fast = gradient == "fast"
         self.in_gradient_pass = False    # fast: inside the forward pass whose graph the gradient uses
-        self.rows_split = 0              # fast: model calls whose rows were split (a count, for tests and reports)
+        self.rows_split = 0              # fast: gradient passes whose other rows were split off or detached
         self.config, self.active, self.copies, self.policy = config, active, copies, policy
         self.recurrence, self.recurrence_range = recurrence, recurrence_range
         self.reported: set = set()
@@ -145,10 +151,13 @@ class LossGuidance:
         others = any(c is not None for c in conds[1:])
         if not (self.in_gradient_pass and torch.is_grad_enabled() and conds and conds[0] is not None and others):
             return executor(model, conds, x_in, timestep, model_options)
+        self.rows_split += 1
+        if not split_rows(x_in):
+            out = executor(model, conds, x_in, timestep, model_options)
+            return [out[0], *(o.detach() for o in out[1:])]
         with torch.no_grad():
             rest = executor(model, [None, *conds[1:]], x_in.detach(), timestep, model_options)
         own = executor(model, [conds[0], *[None] * (len(conds) - 1)], x_in, timestep, model_options)
-        self.rows_split += 1
         return [own[0], *rest[1:]]
 
     def __call__(self, executor, x, timestep, model_options, seed):
