@@ -55,12 +55,6 @@ def loss_latent_size(latent_hw: tuple[int, int], ratio: int, sizes: list) -> tup
     return max(1, math.ceil(h * factor)), max(1, math.ceil(w * factor))
 
 
-def decode_ratio(vae) -> int:
-    """Pixels per latent cell of the VAE's decoder (spatial)."""
-    ratio = vae.spacial_compression_decode() if hasattr(vae, "spacial_compression_decode") else 8
-    return int(ratio) if isinstance(ratio, (int, float)) else 8
-
-
 def decoder(vae, base_model, node: str, sizes: list | None = None):
     """x0 latent (the model's space) → images (B, 3, H, W) in [0, 1], differentiable (no clamp).
 
@@ -70,7 +64,7 @@ def decoder(vae, base_model, node: str, sizes: list | None = None):
     while its graph is alive."""
     comfy.model_management.load_models_gpu([vae.patcher])
     autograd_ready(vae.first_stage_model)
-    ratio = decode_ratio(vae)
+    ratio = int(vae.spacial_compression_decode())           # pixels per latent cell (ComfyUI's VAE, both hosts)
 
     def decode(latent: torch.Tensor) -> torch.Tensor:
         target = loss_latent_size(tuple(latent.shape[-2:]), ratio, sizes) if sizes and latent.ndim == 4 else None
@@ -146,8 +140,8 @@ class LossGuidance:
             logging.warning(message, *args)
 
     def conditional_row_only(self, executor, model, conds, x_in, timestep, model_options):
-        """calc_cond_batch wrapper (fast gradient): in the gradient pass the first (conditional) row keeps its graph
-        and the other rows (uncond, extra conds) run without gradients, so backward goes through one row."""
+        """calc_cond_batch wrapper (fast gradient): in the gradient pass only the first (conditional) row keeps its
+        graph; the other rows (uncond, extra conds) run in a no-gradient call (CPU) or are detached (accelerators)."""
         others = any(c is not None for c in conds[1:])
         if not (self.in_gradient_pass and torch.is_grad_enabled() and conds and conds[0] is not None and others):
             return executor(model, conds, x_in, timestep, model_options)
