@@ -111,6 +111,7 @@ def _nag_rows(m, neg):
     return patched
 
 
+UNET_ARCHS = ("sd15", "sd15_full", "sdxl")   # the models core PAG/SAG patch (UNet self-attention)
 # name → (patch(model, negative conditioning), the sampler's cfg, the row its ratio is taken against)
 METHODS = {
     "cfg": (lambda m, neg: m, 4.0, "cfg"),
@@ -301,7 +302,7 @@ def main() -> None:
             negative = bench_negative(spec)
         params = sum(t.numel() for t in base.model.diffusion_model.parameters())
         variants = {method: (make(base, negative), cfg, baseline) for method, (make, cfg, baseline) in METHODS.items()
-                    if not (method.startswith("core") and arch not in ("sd15", "sdxl"))   # core: UNet attn1 only
+                    if not (method.startswith("core") and arch not in UNET_ARCHS)   # core: UNet attn1 only
                     and not (method == "NAG extra rows (cfg 1)" and not keys_in_layer(base))
                     and method in chosen_methods(args.methods)}
         for method, (sec, peak, ratios) in measure_interleaved(variants, run, args.steps, args.repeats).items():

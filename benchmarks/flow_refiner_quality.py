@@ -401,8 +401,8 @@ def main() -> int:
         old = json.loads(previous.read_text())
         if not old["meta"].get("smoke"):
             for name, ds in old["datasets"].items():     # older files kept one run's date and time in the top meta
-                ds.setdefault("meta", {**{k: old["meta"][k] for k in ("date", "machine", "runtime_s")},
-                                       "note": " (one run of every dataset together)"})
+                shared = {k: old["meta"][k] for k in ("date", "machine", "runtime_s") if k in old["meta"]}
+                ds.setdefault("meta", {**shared, "note": " (one run of every dataset together)"})
             results["datasets"] = {**old["datasets"], **datasets}
     previous.write_text(json.dumps(results, indent=1, default=str))
     table = markdown(results)
