@@ -16,10 +16,9 @@ stream the only one that matters:
   image stream at every layer (the official Flux code's shared image stream) and only their text differs.
   Their predictions are dropped.
 With every block chosen the two routes compute the same Z⁻ on a cross-attention family (tested on Wan).
+The UNet patch, the sampler step and the node are here; the DiT routes are in nag_keys.py and nag_rows.py.
 """
 from __future__ import annotations
-
-from collections.abc import Iterable
 
 import comfy.conds
 import comfy.patcher_extension
@@ -29,33 +28,17 @@ import torch
 from comfy.ldm.modules.attention import optimized_attention
 from comfy_api.latest import io
 
-from ..guidance.nag import nag
-from ..guidance.schedule import SigmaRange
 from . import registrar
-from .attention_hooks import (
-    GRID,
-    IMAGE_TAIL,
-    _heads_first,
-    _rows,
-    image_grid,
-    image_start,
-    label_blocks,
-)
+from .attention_hooks import GRID, _rows, image_grid, label_blocks
 from .base import GuideKitNode
 from .block_hooks import layer_modules
 from .common import range_inputs, sigma_override_inputs
 from .layers import Architecture, Layer, architecture, parse_layers
+from .nag_keys import KEYS, KeysAttention, NegativeKeys
+from .nag_rows import PAIRS, DiTAttention, NegativeRows
+from .nag_settings import NODE, Settings
 
-NODE = "GuideKit NAG"
 TOKENS = "c_crossattn"
-
-
-class Settings:
-    def __init__(self, scale: float, tau: float, alpha: float, active: SigmaRange):
-        self.scale, self.tau, self.alpha, self.active = scale, tau, alpha, active
-
-    def combine(self, z_pos: torch.Tensor, z_neg: torch.Tensor) -> torch.Tensor:
-        return nag(z_pos.float(), z_neg.float(), self.scale, self.tau, self.alpha).to(z_pos.dtype)
 
 
 class UNetCrossAttention:
@@ -88,232 +71,6 @@ class UNetCrossAttention:
                                     extra_options["n_heads"], attn_precision=extra_options.get("attn_precision"))
         out[rows] = self.settings.combine(out[rows], z_neg)           # a fresh attention output: safe in place
         return out
-
-
-PAIRS = "guidekit_nag_pairs"          # + node id, in transformer_options: ((positive chunk, its negative chunk), …)
-KEYS = "guidekit_nag_keys"            # + node id, in transformer_options: the call's negative keys (NegativeKeys)
-NEGATIVES = "guidekit_nag_negatives"  # transformer_options: chunks that are some NAG node's negative (not guided)
-
-
-def _positive(to: dict) -> list[int]:
-    """The chunks NAG guides: the positive's (label 0), not another NAG node's negative chunks."""
-    negatives = to.get(NEGATIVES, ())
-    return [j for j, c in enumerate(to.get("cond_or_uncond") or [0]) if c == 0 and j not in negatives]
-
-
-def _tokens(out: torch.Tensor, heads_first: bool) -> torch.Tensor:
-    """An attention output as (B, L, heads·d) tokens (a copy: safe to write)."""
-    return out.transpose(1, 2).flatten(2) if heads_first else out.clone()
-
-
-def _host_layout(tokens: torch.Tensor, heads: int, heads_first: bool) -> torch.Tensor:
-    """(B, L, heads·d) tokens back in the layout the host's attention call returns."""
-    return _heads_first(tokens, heads) if heads_first else tokens
-
-
-class DiTAttention:
-    """optimized_attention_override of the extra-row route: in the chosen blocks, the image-token outputs of
-    each positive chunk and its negative chunk become NAG's combination on both (text tokens keep their own)."""
-
-    def __init__(self, key: str, layers: Iterable[Layer], previous, arch: Architecture, settings: Settings):
-        self.key, self.layers, self.previous = key, frozenset(layers), previous
-        self.arch, self.settings = arch, settings
-
-    def __call__(self, func, *args, **kwargs):
-        out = self.previous(func, *args, **kwargs) if self.previous is not None else func(*args, **kwargs)
-        to = kwargs.get("transformer_options") or {}
-        pairs = to.get(self.key)
-        if not pairs or (to.get("block_type"), to.get("block_index")) not in self.layers:
-            return out
-        q, k = args[0], args[1]
-        heads = args[3] if len(args) > 3 else kwargs["heads"]
-        seq = 2 if kwargs.get("skip_reshape", False) else 1
-        n_image = to[GRID][0] * to[GRID][1] * to[GRID][2]
-        q_len, k_len = q.shape[seq], k.shape[seq]
-        if q_len == k_len == n_image:
-            return out                    # image-only self-attention: the same on both rows, nothing to guide
-        start = 0 if q_len != k_len else image_start(q_len, n_image, self.arch.image_first, self.arch.image_pad,
-                                                     to.get(IMAGE_TAIL, 0))
-        count = q_len if q_len != k_len else n_image          # cross-attention: every query is an image token
-        heads_first = kwargs.get("skip_output_reshape", False)
-        tokens = _tokens(out, heads_first)
-        per_chunk = q.shape[0] // len(to.get("cond_or_uncond") or [0])
-        for p, n in pairs:
-            pos = slice(p * per_chunk, (p + 1) * per_chunk)
-            neg = slice(n * per_chunk, (n + 1) * per_chunk)
-            z = self.settings.combine(tokens[pos, start:start + count], tokens[neg, start:start + count])
-            tokens[pos, start:start + count] = z
-            tokens[neg, start:start + count] = z
-        return _host_layout(tokens, heads, heads_first)
-
-
-def _with_rows(value, rows: torch.Tensor, batch: int):
-    """`value` with `rows` of every tensor whose first axis is the call's batch appended (lists, dicts too)."""
-    if isinstance(value, torch.Tensor):
-        return torch.cat([value, value[rows.to(value.device)]]) if value.ndim and value.shape[0] == batch else value
-    if isinstance(value, (list, tuple)):
-        return type(value)(_with_rows(v, rows, batch) for v in value)
-    if isinstance(value, dict):
-        return {key: _with_rows(v, rows, batch) for key, v in value.items()}
-    return value
-
-
-def _join_text(tokens: torch.Tensor, mask: torch.Tensor | None, neg_tokens: torch.Tensor,
-               neg_mask: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """The call's text tokens with the negative's rows appended. Unmasked: the shorter repeated to the
-    common multiple of the lengths (ComfyUI's own padding; attention over repeated keys is unchanged); masked:
-    the shorter zero-padded and masked out."""
-    if mask is None and neg_mask is None:
-        both = comfy.conds.CONDCrossAttn(tokens).concat([comfy.conds.CONDCrossAttn(neg_tokens)])
-        return both, None
-    mask = mask if mask is not None else torch.ones(tokens.shape[:2], dtype=neg_mask.dtype, device=tokens.device)
-    neg_mask = neg_mask if neg_mask is not None else torch.ones(neg_tokens.shape[:2], dtype=mask.dtype,
-                                                                device=tokens.device)
-    if mask.ndim != 2 or neg_mask.ndim != 2:
-        raise ValueError(f"{NODE}: this model's text attention mask has shape {tuple(mask.shape)}, not (batch, "
-                         "tokens); NAG cannot add the negative's rows to it. Use a negative prompt of the "
-                         "positive's token length")
-    length = max(tokens.shape[1], neg_tokens.shape[1])
-
-    def pad(t: torch.Tensor) -> torch.Tensor:
-        return torch.nn.functional.pad(t, (0, 0, 0, length - t.shape[1])) if t.ndim == 3 else \
-            torch.nn.functional.pad(t, (0, length - t.shape[1]))
-    return torch.cat([pad(tokens), pad(neg_tokens)]), torch.cat([pad(mask), pad(neg_mask.to(mask.dtype))])
-
-
-class NegativeRows:
-    """APPLY_MODEL wrapper of the extra-row route: every model call that holds positive chunks gets, in the same
-    call, a negative chunk for each (the positive's rows and inputs, the negative's text); their outputs are
-    dropped. So the negative's rows run beside their positive's however ComfyUI batches the conds."""
-    def __init__(self, key: str, tokens: torch.Tensor, mask: torch.Tensor | None, constants: frozenset[str]):
-        self.key, self.tokens, self.mask, self.constants = key, tokens, mask, constants
-
-    def __call__(self, executor, x, t, c_concat=None, c_crossattn=None, control=None, transformer_options=None,
-                 **kwargs):
-        to = dict(transformer_options or {})
-        labels = list(to.get("cond_or_uncond") or [0])
-        positive = _positive(to)
-        if not positive or c_crossattn is None:
-            return executor(x, t, c_concat, c_crossattn, control, transformer_options, **kwargs)
-        batch = x.shape[0]
-        rows = _rows(positive, batch // len(labels), x.device)
-        neg = self.tokens.to(c_crossattn.device, c_crossattn.dtype).expand(len(rows), -1, -1)
-        neg_mask = None if self.mask is None else self.mask.to(c_crossattn.device).expand(len(rows), -1)
-        c_crossattn, mask = _join_text(c_crossattn, kwargs.get("attention_mask"), neg, neg_mask)
-        kwargs = {key: value if key in self.constants else _with_rows(value, rows, batch)
-                  for key, value in kwargs.items()}
-        if mask is not None:
-            kwargs["attention_mask"] = mask
-        for key in ("cond_or_uncond", "uuids"):
-            if isinstance(to.get(key), list) and len(to[key]) == len(labels):
-                to[key] = to[key] + [to[key][j] for j in positive]
-        if isinstance(to.get("sigmas"), torch.Tensor):
-            to["sigmas"] = _with_rows(to["sigmas"], rows, batch)
-        to[self.key] = tuple(zip(positive, range(len(labels), len(labels) + len(positive))))
-        to[NEGATIVES] = frozenset(to.get(NEGATIVES, ())) | {n for _, n in to[self.key]}
-        out = executor(_with_rows(x, rows, batch), _with_rows(t, rows, batch), _with_rows(c_concat, rows, batch),
-                       c_crossattn, _with_rows(control, rows, batch), to, **kwargs)
-        return out[:batch]
-
-
-def _chain(module: torch.nn.Module, names: tuple[str, ...]) -> list[torch.nn.Module]:
-    """The submodules a family row names (e.g. a cross-attention's key projection and its norm), in order."""
-    return [getattr(module, name) for name in names]
-
-
-def _apply(modules: list[torch.nn.Module], x: torch.Tensor) -> torch.Tensor:
-    """x through `modules` one after another."""
-    for module in modules:
-        x = module(x)
-    return x
-
-
-class CallKeys:
-    """One model call's negative keys and values per chosen layer, and the positive's text keys of that call
-    (to tell the text cross-attention call from the others: image cross-attention, self-attention)."""
-
-    def __init__(self, tokens: torch.Tensor, cross, embedder: torch.nn.Module, modules: dict):
-        self.tokens, self.cross, self.embedder, self.modules = tokens, cross, embedder, modules
-        self.negative: dict = {}                  # layer → (K⁻, V⁻)
-        self.positive: dict = {}                  # layer → the positive's key tensor of this call
-        self.busy = False
-
-    def embedded(self, module, inputs, output) -> None:
-        """Forward hook on the text embedder: embed the negative's text alike and make its keys per layer."""
-        if self.busy:
-            return
-        self.busy = True
-        try:
-            like = inputs[0]
-            context = self.embedder(self.tokens.to(like.device, like.dtype))
-            self.negative = {layer: (_apply(_chain(m, self.cross.key), context), _apply(_chain(m, self.cross.value),
-                                                                                      context))
-                             for layer, m in self.modules.items()}
-        finally:
-            self.busy = False
-
-    def capture(self, layer: Layer):
-        """Forward hook on a layer's last key module: remembers the positive's text keys of this call."""
-        def hook(module, inputs, output) -> None:
-            if not self.busy:
-                self.positive[layer] = output
-        return hook
-
-
-class NegativeKeys:
-    """APPLY_MODEL wrapper of the keys-in-the-layer route on DiTs: hooks, for this call only, the text embedder
-    (to embed the negative's text) and each chosen layer's last key module (to know its text keys)."""
-    def __init__(self, key: str, arch: Architecture, layers: tuple[Layer, ...], tokens: torch.Tensor):
-        self.key, self.arch, self.layers, self.tokens = key, arch, layers, tokens
-
-    def __call__(self, executor, x, t, c_concat=None, c_crossattn=None, control=None, transformer_options=None,
-                 **kwargs):
-        cross = self.arch.text_cross
-        dm = executor.class_obj.diffusion_model
-        blocks = layer_modules(dm, self.arch)
-        modules = {layer: getattr(blocks[layer], cross.attention) for layer in self.layers}
-        call = CallKeys(self.tokens, cross, getattr(dm, cross.embedder), modules)
-        handles = [call.embedder.register_forward_hook(call.embedded)]
-        try:
-            handles += [_chain(m, cross.key)[-1].register_forward_hook(call.capture(layer))
-                        for layer, m in modules.items()]
-            to = dict(transformer_options or {}, **{self.key: call})
-            return executor(x, t, c_concat, c_crossattn, control, to, **kwargs)
-        finally:
-            for handle in handles:
-                handle.remove()
-
-
-class KeysAttention:
-    """optimized_attention_override of the keys-in-the-layer route: on a chosen layer's text cross-attention,
-    the positive chunks' outputs become NAG(Z⁺, attention(Q⁺, K⁻, V⁻))."""
-
-    def __init__(self, key: str, previous, settings: Settings):
-        self.key, self.previous, self.settings = key, previous, settings
-
-    def __call__(self, func, *args, **kwargs):
-        out = self.previous(func, *args, **kwargs) if self.previous is not None else func(*args, **kwargs)
-        to = kwargs.get("transformer_options") or {}
-        call = to.get(self.key)
-        layer = (to.get("block_type"), to.get("block_index"))
-        if call is None or layer not in call.negative or args[1] is not call.positive.get(layer):
-            return out
-        labels = to.get("cond_or_uncond") or [0]
-        positive = _positive(to)
-        if not positive:
-            return out
-        q = args[0]
-        heads = args[3] if len(args) > 3 else kwargs["heads"]
-        rows = _rows(positive, q.shape[0] // len(labels), q.device)
-        k_neg, v_neg = (t.to(q.dtype).expand(len(rows), -1, -1) for t in call.negative[layer])
-        if kwargs.get("skip_reshape", False):
-            k_neg, v_neg = _heads_first(k_neg, heads), _heads_first(v_neg, heads)
-        rest = dict(kwargs, mask=None)
-        z_neg = func(q[rows], k_neg, v_neg, *args[3:], **rest)
-        heads_first = kwargs.get("skip_output_reshape", False)
-        tokens = _tokens(out, heads_first)
-        tokens[rows] = self.settings.combine(tokens[rows], _tokens(z_neg, heads_first))
-        return _host_layout(tokens, heads, heads_first)
 
 
 class NAGStep:

@@ -1,0 +1,17 @@
+"""NAG's node name and Settings, apart so that nag.py and both route modules import them with no cycle."""
+from __future__ import annotations
+
+import torch
+
+from ..guidance.nag import nag
+from ..guidance.schedule import SigmaRange
+
+NODE = "GuideKit NAG"
+
+
+class Settings:
+    def __init__(self, scale: float, tau: float, alpha: float, active: SigmaRange):
+        self.scale, self.tau, self.alpha, self.active = scale, tau, alpha, active
+
+    def combine(self, z_pos: torch.Tensor, z_neg: torch.Tensor) -> torch.Tensor:
+        return nag(z_pos.float(), z_neg.float(), self.scale, self.tau, self.alpha).to(z_pos.dtype)
