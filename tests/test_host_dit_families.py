@@ -13,11 +13,11 @@ from attention_nodes import RowCounter, assert_same_guidance, changed, pag, sag,
 
 pytestmark = pytest.mark.host
 
-# Lumina 2 / Z-Image, HiDream, OmniGen2, Cosmos Predict2 (and on ComfyUI 0.33 Ideogram 4, Boogu, PixelDiT,
-# CogVideoX): ComfyUI neither names their blocks nor checks a dit patch, so GuideKit names them by wrapping the
-# blocks' forward for the length of each call.
-WRAPPED = ["lumina2", "zimage", "hidream", "omnigen2", "cosmos_predict2", "ideogram4", "boogu", "pixeldit",
-           "cogvideox"]
+# Lumina 2 / Z-Image, HiDream, OmniGen2, Cosmos Predict2 (and on ComfyUI 0.33 Ideogram 4, Boogu, PixelDiT, PiD,
+# Anima, CogVideoX): ComfyUI neither names their blocks nor checks a dit patch, so GuideKit names them by wrapping
+# the blocks' forward for the length of each call.
+WRAPPED = ["lumina2", "zimage", "hidream", "omnigen2", "cosmos_predict2", "ideogram4", "boogu", "pixeldit", "pid",
+           "anima", "cogvideox"]
 REACHED = ["wan21_t2v", "wan21_i2v", "wan22_t2v", "qwen_image", *WRAPPED, "flux2", "hunyuan_video",
            "hunyuan_video15", "hunyuan_image21", "ltxv", "mochi", "aura_flow", "chroma_radiance",
            "kandinsky5", "kandinsky5_image", "krea2",             # Kandinsky 5, Krea 2: ComfyUI 0.33 and later
@@ -271,12 +271,12 @@ def test_reference_image_tokens_are_not_taken_for_image_tokens(thin, built, arch
 
 @pytest.mark.parametrize("arch", REACHED)
 def test_tsg_noises_the_time_embedding_of_every_family_that_has_one(thin, built, arch):
-    """TSG's negative is the positive with t_emb + s·t^α·n on the uncond rows: it changes the sample. Chroma
-    Radiance (time through its modulation network), LTX-Video, OmniGen2, Cosmos Predict2, Boogu and JoyImage (their
-    time embedders return pairs or triples, not t_emb) are refused."""
+    """TSG's negative is the positive with t_emb + s·t^α·n on the uncond rows: it changes the sample (also where
+    t_emb is a nested module's output: LTX-Video, OmniGen2, Boogu, JoyImage). Chroma Radiance (time through its
+    modulation network) and Cosmos Predict2 / Anima (modulation from two time tensors) are refused."""
     from guidekit.nodes.tsg import TimestepGuidanceGK
     base = built(arch)
-    if arch in ("chroma_radiance", "ltxv", "omnigen2", "cosmos_predict2", "boogu", "joyimage"):
+    if arch in ("chroma_radiance", "cosmos_predict2", "anima"):
         with pytest.raises(ValueError, match="GuideKit TSG: input 'model' is a .*whose time embedding GuideKit cannot"):
             TimestepGuidanceGK.run(model=base)
         return

@@ -54,6 +54,8 @@ class ThinSpec:
     model_class: str = ""       # class name of the diffusion model ComfyUI builds for the family
     requires: str = ""          # the comfy.supported_models class the family needs (empty: every host has it)
     blocks: tuple[str, ...] = ()    # the diffusion model's ModuleLists of transformer blocks (2 each)
+    fixed: tuple[str, ...] = ()     # diffusion-model submodules ComfyUI builds at the real width whatever the
+    #                                 config (Anima's LLM adapter): not part of the thin size
 
 
 SPECS: dict[str, ThinSpec] = {
@@ -103,18 +105,23 @@ BYT5 = 1472                 # HunyuanImage 2.1 / Video 1.5 ByT5 mapper input wid
 VISION_HV15 = 32            # HunyuanVideo 1.5 vision_in width (SigLIP 1152 on the real model)
 LLAMA_HIDREAM = 24          # HiDream's Llama-3 hidden-state width (4096 on the real model)
 LLAMA_LAYERS_HIDREAM = 4    # Llama layers in HiDream's conditioning_llama3 (32 real), one per block here
+ANIMA_TEXT = 1024           # Anima's Qwen3 0.6B states and its LLM adapter's width (fixed in the model)
+ANIMA_T5_VOCAB = 32128      # the adapter embeds T5 token ids (its vocabulary is fixed in the model)
+PID_LQ = 16                 # PiD's low-quality latent channels (a Flux latent)
+PID_LQ_DOWN = 2             # pixels per PiD LQ-latent pixel here (sr_scale 1 x 2; 4 x 8 on the real model), so
+#                             the LQ latent is exactly the patch grid at patch 2
 
 
 def _family(name: str, class_name: str, unet_config: dict, latent_channels: int, model_class: str,
             blocks: tuple[str, ...], *, context_dim: int = TEXT, pooled_dim: int | None = None, video: bool = False,
-            frames: int | None = None, overrides=None) -> ThinSpec:
+            frames: int | None = None, overrides=None, fixed: tuple[str, ...] = ()) -> ThinSpec:
     """`overrides`: config class -> class attributes a same-named subclass changes (widths or sampling ComfyUI
     pins on the class itself)."""
     config_class = getattr(comfy.supported_models, class_name, None)
     if overrides is not None and config_class is not None:
         config_class = type(class_name, (config_class,), overrides(config_class))
     return ThinSpec(name, config_class, {**unet_config, **F32}, context_dim,
-                    pooled_dim, latent_channels, video, 2 if video else frames, model_class, class_name, blocks)
+                    pooled_dim, latent_channels, video, 2 if video else frames, model_class, class_name, blocks, fixed)
 
 
 WAN = {"image_model": "wan2.1", "model_type": "t2v", "patch_size": (1, 2, 2), "in_dim": 16, "out_dim": 16,
@@ -143,6 +150,22 @@ WITHOUT_ZSNR = lambda cls: {"sampling_settings": {**cls.sampling_settings, "zsnr
 COGVIDEOX = {"image_model": "cogvideox", "num_attention_heads": 2, "attention_head_dim": 64, "in_channels": 16,
              "out_channels": 16, "time_embed_dim": 128, "text_embed_dim": TEXT, "num_layers": 2, "patch_size": 2,
              "use_rotary_positional_embeddings": True}
+
+# Cosmos Predict2 (the detected values at width 64); Anima is this DiT behind an LLM text adapter.
+COSMOS_PREDICT2 = {
+    "image_model": "cosmos_predict2", "max_img_h": 240, "max_img_w": 240, "max_frames": 128,
+    "in_channels": 16, "out_channels": 16, "patch_spatial": 2, "patch_temporal": 1, "model_channels": 64,
+    "concat_padding_mask": True, "crossattn_emb_channels": TEXT, "pos_emb_cls": "rope3d",
+    "pos_emb_learnable": True, "pos_emb_interpolation": "crop", "min_fps": 1, "max_fps": 30,
+    "use_adaln_lora": True, "adaln_lora_dim": 16, "num_blocks": 2, "num_heads": 2,
+    "extra_per_block_abs_pos_emb": False, "rope_h_extrapolation_ratio": 4.0,
+    "rope_w_extrapolation_ratio": 4.0, "rope_t_extrapolation_ratio": 1.0, "extra_h_extrapolation_ratio": 1.0,
+    "extra_w_extrapolation_ratio": 1.0, "extra_t_extrapolation_ratio": 1.0,
+    "rope_enable_fps_modulation": False}
+# PixelDiT at width 64, patch 2 (16 on the real model); PiD is this body with an LQ-latent branch.
+PIXELDIT = {"image_model": "pixeldit_t2i", "in_channels": 3, "num_groups": 2, "hidden_size": 64,
+            "pixel_hidden_size": 8, "pixel_attn_hidden_size": 64, "pixel_num_groups": 2, "patch_depth": 2,
+            "pixel_depth": 2, "patch_size": 2, "txt_embed_dim": TEXT, "txt_max_length": 64}
 
 LUMINA_BLOCKS = ("context_refiner", "noise_refiner", "layers")
 FLUX_BLOCKS = ("double_blocks", "single_blocks")
@@ -206,16 +229,8 @@ FAMILY_SPECS: dict[str, ThinSpec] = {
         ("double_stream_blocks", "single_stream_blocks"), pooled_dim=TEXT),
     # Cosmos Predict2 (text to image): self-, cross-attention and MLP per block, AdaLN-LoRA, 3-D RoPE;
     # the Wan 2.1 latent format, so KSampler samples (B, 16, 1, H, W).
-    "cosmos_predict2": _family("cosmos_predict2", "CosmosT2IPredict2", {
-        "image_model": "cosmos_predict2", "max_img_h": 240, "max_img_w": 240, "max_frames": 128,
-        "in_channels": 16, "out_channels": 16, "patch_spatial": 2, "patch_temporal": 1, "model_channels": 64,
-        "concat_padding_mask": True, "crossattn_emb_channels": TEXT, "pos_emb_cls": "rope3d",
-        "pos_emb_learnable": True, "pos_emb_interpolation": "crop", "min_fps": 1, "max_fps": 30,
-        "use_adaln_lora": True, "adaln_lora_dim": 16, "num_blocks": 2, "num_heads": 2,
-        "extra_per_block_abs_pos_emb": False, "rope_h_extrapolation_ratio": 4.0,
-        "rope_w_extrapolation_ratio": 4.0, "rope_t_extrapolation_ratio": 1.0, "extra_h_extrapolation_ratio": 1.0,
-        "extra_w_extrapolation_ratio": 1.0, "extra_t_extrapolation_ratio": 1.0,
-        "rope_enable_fps_modulation": False}, 16, "MiniTrainDIT", ("blocks",), frames=1),
+    "cosmos_predict2": _family("cosmos_predict2", "CosmosT2IPredict2", COSMOS_PREDICT2, 16, "MiniTrainDIT",
+                               ("blocks",), frames=1),
     # LTX-Video: transformer blocks with self-attention (attn1) and text cross-attention (attn2); patch 1.
     "ltxv": _family("ltxv", "LTXV", {
         "image_model": "ltxv", "in_channels": 128, "cross_attention_dim": 64, "attention_head_dim": 32,
@@ -311,11 +326,22 @@ FAMILY_SPECS: dict[str, ThinSpec] = {
         ("context_refiner", "noise_refiner", "ref_image_refiner", "double_stream_layers", "single_stream_layers")),
     # PixelDiT: joint [text, image] patch blocks, then pixel blocks (self-attention over the patch grid) on RGB;
     # patch 2 here (16 on the real model).
-    "pixeldit": _family("pixeldit", "PixelDiTT2I", {
-        "image_model": "pixeldit_t2i", "in_channels": 3, "num_groups": 2, "hidden_size": 64,
-        "pixel_hidden_size": 8, "pixel_attn_hidden_size": 64, "pixel_num_groups": 2, "patch_depth": 2,
-        "pixel_depth": 2, "patch_size": 2, "txt_embed_dim": TEXT, "txt_max_length": 64}, 3, "PixDiT_T2I",
-        ("patch_blocks", "pixel_blocks")),
+    "pixeldit": _family("pixeldit", "PixelDiTT2I", PIXELDIT, 3, "PixDiT_T2I", ("patch_blocks", "pixel_blocks")),
+    # PiD (Pixel Diffusion Decoder, v1.5 as detected): PixelDiT plus an LQ-latent projection whose sigma-gated
+    # features enter the patch stream before every other patch block and once before the pixel blocks; it
+    # samples RGB from a Flux latent (conditioning's lq_latent, degrade_sigma). Its rotary reference grid is the
+    # real one (2048 px / patch 16 = 128 patches), at patch 2.
+    "pid": _family("pid", "PiD", {
+        **PIXELDIT, "image_model": "pid", "lq_latent_channels": PID_LQ, "lq_hidden_dim": 16, "lq_num_res_blocks": 1,
+        "lq_interval": 2, "sr_scale": 1, "latent_spatial_down_factor": PID_LQ_DOWN, "lq_latent_unpatchify_factor": 1,
+        "lq_conv_padding_mode": "replicate", "lq_gate_per_token": False, "pit_lq_inject": True,
+        "rope_ref_h": 128 * 2, "rope_ref_w": 128 * 2}, 3, "PidNet", ("patch_blocks", "pixel_blocks")),
+    # Anima: the Cosmos Predict2 DiT (image_model "anima") whose text is the Qwen3 0.6B states (1024 wide) read
+    # by a 6-layer, 1024-wide LLM adapter over T5 token ids; ComfyUI fixes the adapter's size, so it is the
+    # real one (~130 M parameters, `fixed`) and only the DiT is thin.
+    "anima": _family("anima", "Anima", {
+        **COSMOS_PREDICT2, "image_model": "anima", "crossattn_emb_channels": ANIMA_TEXT}, 16, "Anima", ("blocks",),
+        context_dim=ANIMA_TEXT, frames=1, fixed=("llm_adapter",)),
     # CogVideoX (1.0, rotary): joint [text, video] blocks, DDPM v-prediction.
     "cogvideox": _family("cogvideox", "CogVideoX_T2V", COGVIDEOX, 16, "CogVideoXTransformer3DModel", ("blocks",),
                          video=True, overrides=WITHOUT_ZSNR),
@@ -437,6 +463,12 @@ def _family_conds(arch: str, gen: torch.Generator, batch: int, tokens: int, shap
         image = torch.zeros(shape[:1] + (16,) + shape[2:])
         image[:, :, :1] = rand(batch, 16, 1, *shape[3:])
         extra["concat_latent_image"] = image
+    elif arch == "anima":             # AnimaTEModel: the T5 ids (and weights) the LLM adapter embeds
+        extra["t5xxl_ids"] = torch.randint(0, ANIMA_T5_VOCAB, (tokens,), generator=gen, dtype=torch.int)
+        extra["t5xxl_weights"] = torch.ones(tokens)
+    elif arch == "pid":               # PiDConditioning: the latent to decode and its degradation
+        extra["lq_latent"] = rand(batch, PID_LQ, shape[-2] // PID_LQ_DOWN, shape[-1] // PID_LQ_DOWN)
+        extra["degrade_sigma"] = torch.tensor([0.0])
     elif arch in ("mochi", "ltxv", "omnigen2", "boogu"):   # their forwards require the text attention mask (num_tokens)
         extra["attention_mask"] = torch.ones(batch, tokens, dtype=torch.long)   # as the T5 encoders give it
     return extra
