@@ -78,7 +78,9 @@ class Family:
     patch: tuple[int, int, int] | Callable[[object], tuple[int, int, int]] | None = None
                                                 # (frames, h, w) per token (or a function of the model);
                                                 # None: the model's patch_size
-    time_embedder: str = ""                     # the module whose output is t_emb (what TSG noises)
+    time_embedder: str | Callable[[object], str] = ""   # the module whose output is t_emb (what TSG noises): a
+                                                # dotted path under the diffusion model (or a function of the
+                                                # model giving one; "" where no one module's output is t_emb)
     image_pad: str = ""                         # attribute: image tokens padded to a multiple of it (Z-Image)
     wrap: bool = False                          # ComfyUI neither names the blocks nor checks a dit patch: GuideKit
                                                 # wraps their forward for the length of a model call to name them
@@ -90,6 +92,9 @@ class Family:
                                                 # the middle block of the stack)
 
 
+# OmniGen2 and Boogu: time_caption_embed returns (time_embed, caption_embed); its timestep_embedder's output is
+# the temb every refiner, layer and norm_out modulation reads
+LUMINA2_TIME = "time_caption_embed.timestep_embedder"
 FAMILIES: tuple[Family, ...] = (
     Family("unet", "UNet (SD1.x, SD2.x, SDXL)", ("UNetModel",), time_embedder="time_embed"),
     Family("flux", "Flux / Flux 2 / Chroma / Chroma Radiance / LongCat-Image", ("Flux", "Chroma"),
@@ -107,9 +112,11 @@ FAMILIES: tuple[Family, ...] = (
     Family("hidream", "HiDream", ("HiDreamImageTransformer2DModel",),
            (("double", "double_stream_blocks"), ("single", "single_stream_blocks")), image="first",
            time_embedder="t_embedder", wrap=True),
-    Family("omnigen2", "OmniGen2", ("OmniGen2Transformer2DModel",), (("double", "layers"),), wrap=True),
+    Family("omnigen2", "OmniGen2", ("OmniGen2Transformer2DModel",), (("double", "layers"),), wrap=True,
+           time_embedder=LUMINA2_TIME),
     Family("cosmos_predict2", "Cosmos Predict2 / Anima", ("MiniTrainDIT",), (("block", "blocks"),), image="only",
-           patch=(1, 2, 2), wrap=True),                           # t_embedder gives a (t_emb, adaLN-LoRA) pair
+           patch=(1, 2, 2), wrap=True),       # no t_emb: the modulation reads the normed sinusoid and an adaLN-LoRA
+                                              # MLP of it (nodes/tsg.py says so)
     Family("qwen_image", "Qwen-Image", ("QwenImageTransformer2DModel",), (("double", "transformer_blocks"),),
            patch=(1, 2, 2), time_embedder="time_text_embed", refs_after=always),
     Family("hunyuan_video", "HunyuanVideo / 1.5, HunyuanImage 2.1", ("HunyuanVideo",),
@@ -123,7 +130,11 @@ FAMILIES: tuple[Family, ...] = (
     Family("mochi", "Mochi", ("AsymmDiTJoint",), (("block", "blocks"),), dit_keys=(("block", "double_block"),),
            image="first", patch=(1, 2, 2), time_embedder="t_embedder"),
     Family("ltxv", "LTX-Video", ("LTXVModel",), (("block", "transformer_blocks"),),
-           dit_keys=(("block", "double_block"),), image="only", patch=(1, 1, 1)),     # t_emb is a (mod, emb) pair
+           dit_keys=(("block", "double_block"),), image="only", patch=(1, 1, 1),
+           # embedded_timestep: the blocks' adaLN-single timestep is linear(SiLU(it)), the output scale/shift
+           # adds it; a cross-attention-adaLN model embeds time a second time (prompt_adaln_single): not one t_emb
+           time_embedder=lambda dm: "" if getattr(dm, "prompt_adaln_single", None) is not None
+           else "adaln_single.emb.timestep_embedder"),
     Family("aura_flow", "AuraFlow", ("aura.mmdit.MMDiT",), (("double", "double_layers"), ("single", "single_layers")),
            dit_keys=(("double", "double_block"), ("single", "single_block")), patch=(1, 2, 2),
            time_embedder="t_embedder"),
@@ -133,12 +144,14 @@ FAMILIES: tuple[Family, ...] = (
     Family("mage_flow", "Mage-Flow", ("MageFlowTransformer2DModel",), (("double", "transformer_blocks"),),
            time_embedder="time_text_embed", refs_after=always),
     Family("joyimage", "JoyImage", ("JoyImageTransformer3DModel",), (("double", "double_blocks"),),
-           image="first"),                                        # [image, references, text]; its time
-                                                                  # embedder returns a triple, not t_emb
+           image="first",                                         # [image, references, text]
+           time_embedder="condition_embedder.time_embedder"),     # temb: the blocks' modulation vector is
+                                                                  # time_proj(SiLU(temb)), nothing else reads it
     Family("ideogram4", "Ideogram 4", ("Ideogram4Transformer2DModel",), (("single", "layers"),), patch=(1, 1, 1),
            time_embedder="t_embedding", wrap=True),
     Family("boogu", "Boogu", ("BooguTransformer2DModel",),
-           (("double", "double_stream_layers"), ("single", "single_stream_layers")), wrap=True),  # [text, refs, image]
+           (("double", "double_stream_layers"), ("single", "single_stream_layers")), wrap=True,  # [text, refs, image]
+           time_embedder=LUMINA2_TIME),
     Family("pixeldit", "PixelDiT / PiD", ("PixDiT_T2I",), (("double", "patch_blocks"), ("pixel", "pixel_blocks")),
            time_embedder="t_embedder", wrap=True),               # pixel blocks: attention over the patch grid
     Family("cogvideox", "CogVideoX (T2V, I2V)", ("CogVideoXTransformer3DModel",), (("block", "blocks"),),

@@ -16,20 +16,33 @@ CATEGORY = "GuideKit/condition"
 MARK = "guidekit_tsg"
 
 
+NO_TIME_EMBEDDING = {   # family id → why no one module's output is its t_emb (TSG refuses the model)
+    "flux": "Chroma and Chroma Radiance have no time embedding: their approximator network maps the timestep "
+            "straight to every modulation vector",
+    "ltxv": "this LTX model embeds time twice, for its blocks (adaln_single) and for their cross-attention "
+            "modulation (prompt_adaln_single)",
+    "cosmos_predict2": "its blocks' modulation reads two time tensors, the RMS-normed sinusoidal encoding and an "
+                       "adaLN-LoRA MLP of it",
+}
+
+
 def time_embedder(model, node: str = NODE) -> str:
-    """The attribute of the diffusion model whose output is t_emb (its family's row), or a clear error."""
+    """The path (under the diffusion model) of the module whose output is t_emb, or a clear error."""
     dm = model.get_model_object("diffusion_model")
     family = family_of(dm)
-    name = family.time_embedder if family is not None else ""
-    if name and isinstance(getattr(dm, name, None), torch.nn.Module):
-        return name
+    path = family.time_embedder if family is not None else ""
+    path = path(dm) if callable(path) else path
+    try:
+        module = dm.get_submodule(path) if path else None
+    except AttributeError:
+        module = None
+    if isinstance(module, torch.nn.Module):
+        return path
     reachable = ", ".join(f.name for f in FAMILIES if f.time_embedder)
     without = ", ".join(f.name for f in FAMILIES if not f.time_embedder)
-    why = (f" (its {family.name} model has no '{name}' module: Chroma models feed time through their modulation "
-           "network)" if name else "") if family is not None else ""
+    why = f" ({NO_TIME_EMBEDDING.get(family.id, 'no one module outputs its t_emb')})" if family is not None else ""
     raise ValueError(f"{node}: input 'model' is a {type(dm).__name__}, whose time embedding GuideKit cannot "
-                     f"reach{why}; TSG supports {reachable} (Chroma excepted), not {without} (their time "
-                     "embedders return a pair, not one embedding)")
+                     f"reach{why}; TSG supports {reachable} (Chroma and Chroma Radiance excepted), not {without}")
 
 
 class TimeEmbeddingNoise:
@@ -53,11 +66,15 @@ class TimeEmbeddingNoise:
 
         def hook(module, inputs, out):
             mine = rows.to(out.device)
-            out = out.clone()
-            out[mine] = perturbed_time_embedding(out[mine], t_unit.to(out.device)[mine], self.scale, self.alpha, gen)
-            return out
+            # per-token timesteps (LTX-Video, Wan 2.2 under a denoise mask) come flattened, b·n rows: one noise
+            # vector per sample, shared by its tokens (as where one t_emb is broadcast over them)
+            per_sample = out.reshape(x.shape[0], -1, *out.shape[1:]).clone()
+            noise = perturbed_time_embedding(torch.zeros_like(per_sample[mine][:, :1]), t_unit.to(out.device)[mine],
+                                             self.scale, self.alpha, gen)
+            per_sample[mine] += noise
+            return per_sample.reshape(out.shape)
 
-        handle = getattr(base.diffusion_model, self.embedder).register_forward_hook(hook)
+        handle = base.diffusion_model.get_submodule(self.embedder).register_forward_hook(hook)
         try:
             return executor(*call, **kwargs)
         finally:

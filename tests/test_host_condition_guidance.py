@@ -114,8 +114,12 @@ class TimeNoiseHook:
         return out + scale * t_unit ** alpha * torch.randn(out.shape, generator=gen)
 
 
-@pytest.mark.parametrize("arch", ["sd15", "sdxl", "sd3", "flux"])
+@pytest.mark.parametrize("arch", ["sd15", "sdxl", "sd3", "flux", "omnigen2", "ltxv", "joyimage", "boogu"])
 def test_tsg_is_cfg_against_the_noised_time_embedding(thin, mods, arch):
+    """Also where t_emb is a nested module's output (OmniGen2 / Boogu time_caption_embed.timestep_embedder,
+    LTX-Video adaln_single.emb.timestep_embedder, JoyImage condition_embedder.time_embedder)."""
+    if thin.missing(arch):
+        pytest.skip(f"this ComfyUI has no {thin.missing(arch)}")
     model = thin.build(arch, std=0.05)
     scale, alpha, seed, w = 0.7, 1.5, 4, 3.0
     tsg = mods[1].TimestepGuidanceGK.execute(model, scale, alpha, seed, 0.0, 1.0).result[0]
@@ -124,7 +128,7 @@ def test_tsg_is_cfg_against_the_noised_time_embedding(thin, mods, arch):
     ms = model.get_model_object("model_sampling")
     sigma = first_sigma(model)
     t_unit = float(ms.timestep(sigma)) / float(ms.timestep(ms.sigma_max))
-    embedder = getattr(model.get_model_object("diffusion_model"), mods[1].time_embedder(model))
+    embedder = model.get_model_object("diffusion_model").get_submodule(mods[1].time_embedder(model))
     hook = TimeNoiseHook(embedder, scale, alpha, mods[3].step_generator(seed, sigma), t_unit)
     try:
         d_neg = thin.sample(model, arch, cfg=1.0, **ONE)
@@ -132,6 +136,29 @@ def test_tsg_is_cfg_against_the_noised_time_embedding(thin, mods, arch):
         hook.handle.remove()
     assert (d_cond - d_neg).abs().max() > 1e-3
     assert_close(out, d_neg + w * (d_cond - d_neg), "TSG", tol=1e-4)
+
+
+def test_tsg_shares_one_noise_vector_over_per_token_time_embeddings(thin, mods):
+    """LTX-Video under a denoise mask embeds one timestep per token (b·n rows): TSG noises them with one vector per
+    sample, so an all-ones mask (every token at the sample's t) gives the unmasked result."""
+    import comfy.sample
+    model = thin.build("ltxv", std=0.05)
+    tsg = mods[1].TimestepGuidanceGK.execute(model, 0.7, 1.5, 4, 0.0, 1.0).result[0]
+    latent = torch.zeros(thin.latent_shape("ltxv"))
+    noise = torch.randn(latent.shape, generator=torch.Generator().manual_seed(0))
+    pos, neg = thin.conditioning("ltxv", seed=1), thin.conditioning("ltxv", seed=2)
+
+    def run(mask):
+        return comfy.sample.sample(tsg, noise, 1, 3.0, "euler", "normal", pos, neg, latent, noise_mask=mask,
+                                   seed=0, disable_pbar=True)
+    assert_close(run(torch.ones(latent.shape[:1] + latent.shape[2:])), run(None), "TSG, all-ones mask", tol=1e-5)
+
+
+def test_tsg_refuses_an_ltx_model_that_embeds_time_twice(thin, mods):
+    model = thin.build("ltxv")
+    model.get_model_object("diffusion_model").prompt_adaln_single = torch.nn.Identity()   # cross-attention adaLN
+    with pytest.raises(ValueError, match="LTXVModel, whose time embedding .*embeds time twice"):
+        mods[1].TimestepGuidanceGK.execute(model, 1.0, 1.0, 0, 0.0, 1.0)
 
 
 def test_tsg_without_noise_is_the_conditional_model(thin, mods):
