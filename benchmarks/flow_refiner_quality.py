@@ -298,10 +298,11 @@ def toy_markdown(ds: dict) -> list[str]:
     """The toy section: an improvement-by-scale table per metric (the claim's view), then every row in full."""
     hib, runs = ds["higher_is_better"], ds["runs"]
     scales = sorted({r["scale"] for r in runs})
-    seeds = sorted({seed for r in runs for seed in r["seeds"]})
+    measured = {g: sorted({seed for r in runs if r["guidance"] == g for seed in r["seeds"]})
+                for g in dict.fromkeys(r["guidance"] for r in runs)}
     lines = [f"Plan: {json.dumps(ds['plan'])}", "", ds.get("protocol", ""), "",
-             f"Measured so far: {', '.join(dict.fromkeys(r['guidance'] for r in runs))}, seeds "
-             f"{', '.join(map(str, seeds))} (of the plan's {len(ds['plan']['seeds'])}).", "",
+             "Measured so far: " + "; ".join(f"{g} seeds {', '.join(map(str, s))}" for g, s in measured.items())
+             + f" (of the plan's {len(ds['plan']['seeds'])}).", "",
              "Improvement after − before (+ = better; sign flipped for ↓ metrics), mean ± std over seeds of the "
              "per-seed paired difference; per scale unless marked one-for-all:", ""]
     variants = list(dict.fromkeys((r["guidance"], r["refiner"], r["k"], r["real_n"]) for r in runs))
