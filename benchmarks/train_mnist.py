@@ -4,6 +4,7 @@
 
 MODEL (defaults measured on 2 CPU cores):
   main                 class-conditional UNet (ComfyUI's UNetModel), 15 % null-label dropout    ~14 min
+  main-28              the same, native 28×28 padded to 32² (attention at 16² and 8²), batch 64 ~27 min
   weak                 the same network trained 1/6 as long: the guiding model of autoguidance  ~2 min
   uncond               the same network, always the null token (unconditional model)            ~14 min
   eval-classifier      CNN on all 10,000 digits with random affine augmentation (metrics only)  ~1 min
@@ -31,11 +32,16 @@ from evidence import mnist_data  # noqa: E402
 from evidence.networks import CLASSIFIERS, random_affine  # noqa: E402
 from evidence.training import EMA, WEIGHTS, progress, save_weights  # noqa: E402
 
-DIFFUSION = {  # name: iterations, label dropout (1.0 = always null), seed
-    "main": (1500, 0.15, 0),
-    "weak": (250, 0.15, 1),
-    "uncond": (1500, 1.0, 2),
+DIFFUSION = {  # name: iterations, label dropout (1.0 = always null), seed, resolution, batch, offset noise
+    "main": (1500, 0.15, 0, mnist_data.SIZE, 128, 0.0),
+    "weak": (250, 0.15, 1, mnist_data.SIZE, 128, 0.0),
+    "uncond": (1500, 1.0, 2, mnist_data.SIZE, 128, 0.0),
+    "main-28": (1600, 0.15, 0, mnist_data.NATIVE, 64, 0.1),   # 4× the pixels: half the batch, more updates
 }
+# Offset noise (Guttenberg 2023): + offset·n per image, constant over its pixels. SD's schedule stops at σ 14.6, so
+# the sampler's zero-mean start misses the digits' mean (background −1): at 32² the image mean's noise is σ/32, the
+# offset 0.8 is 1.7 of it and the samples come out grey (mean 0.44 vs the data's 0.10); offset noise trains the
+# model to correct the image mean.
 CLASSIFIER = {  # name: iterations, augmentation, use all digits, seed
     "eval-classifier": (1500, True, True, 3),
     "guidance-classifier": (300, False, False, 4),
@@ -73,15 +79,17 @@ def init_unet(module: torch.nn.Module, seed: int) -> None:
         raise RuntimeError(f"parameters left uninitialised: {bad[:5]}")
 
 
-def train_diffusion(name: str, iters: int, out: Path, quiet: bool) -> Path:
+def train_diffusion(name: str, iters: int, out: Path, quiet: bool, max_minutes: float | None = None) -> Path:
+    """EPS training through ComfyUI's BaseModel; `max_minutes` stops early (the file records the iterations done)."""
     from guidekit.nodes import compat
 
     from evidence.comfy_models import demo_mnist
-    default_iters, dropout, seed = DIFFUSION[name]
+    _, dropout, seed, size, batch, offset = DIFFUSION[name]
+    unet_config = demo_mnist.NATIVE_UNET if size == mnist_data.NATIVE else {}
     split = mnist_data.load_split()
-    data = mnist_data.to_latent(mnist_data.to_unit(split.train_images))
+    data = mnist_data.to_latent(mnist_data.to_unit(split.train_images, size))
     labels = split.train_labels
-    model = demo_mnist.build_model()
+    model = demo_mnist.build_model(unet_config)
     model.project_to_grey = False          # fit the UNet's own output; the projection is for sampling
     net = model.diffusion_model
     init_unet(net, seed)
@@ -94,12 +102,18 @@ def train_diffusion(name: str, iters: int, out: Path, quiet: bool) -> Path:
     bar = progress(iters, f"mnist {name}", quiet)
     with compat.gradients():        # ComfyUI's ops differentiate only in training mode (0.33+)
         for i in bar:
+            if max_minutes is not None and time.monotonic() - t0 > 60 * max_minutes:
+                print(f"time budget of {max_minutes:g} min reached after {i} of {iters} iterations")
+                iters = i
+                break
             opt.param_groups[0]["lr"] = 1e-3 * min(1.0, (i + 1) / 100)
-            idx = torch.randint(len(data), (BATCH,), generator=gen)
+            idx = torch.randint(len(data), (batch,), generator=gen)
             x0, y = data[idx], labels[idx].clone()
-            y[torch.rand(BATCH, generator=gen) < dropout] = demo_mnist.NULL
-            sigma = sigmas[torch.randint(len(sigmas), (BATCH,), generator=gen)]
+            y[torch.rand(batch, generator=gen) < dropout] = demo_mnist.NULL
+            sigma = sigmas[torch.randint(len(sigmas), (batch,), generator=gen)]
             eps = torch.randn(x0.shape, generator=gen)
+            if offset:
+                eps = eps + offset * torch.randn(batch, 1, 1, 1, generator=gen)
             x = x0 + sigma.view(-1, 1, 1, 1) * eps
             denoised = model.apply_model(x, sigma, c_crossattn=demo_mnist.digit_context(y.tolist()))
             eps_hat = (x - denoised) / sigma.view(-1, 1, 1, 1)
@@ -112,8 +126,10 @@ def train_diffusion(name: str, iters: int, out: Path, quiet: bool) -> Path:
             if i % 50 == 0:
                 bar.set_postfix(loss=f"{loss.item():.4f}")
     return save_weights(out, ema.model.state_dict(), demo_mnist.KIND, time.monotonic() - t0, split.sha256,
-                        model=name, iterations=iters, batch=BATCH, label_dropout=dropout, seed=seed,
-                        unet_config=demo_mnist.MNIST_UNET, prediction="eps", schedule="sd-discrete-linear")
+                        model=name, iterations=iters, batch=batch, offset_noise=offset, label_dropout=dropout,
+                        seed=seed,
+                        unet_config={**demo_mnist.MNIST_UNET, **unet_config}, prediction="eps",
+                        schedule="sd-discrete-linear", resolution=f"{size}x{size}")
 
 
 def train_classifier(name: str, iters: int, out: Path, quiet: bool) -> Path:
@@ -193,6 +209,7 @@ def main() -> int:
     parser.add_argument("--iters", type=int, help="training iterations (default: the table above)")
     parser.add_argument("--out", type=Path, help="output .safetensors (default: benchmarks/weights/...)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.add_argument("--max-minutes", type=float, help="diffusion models: stop after this many minutes")
     parser.add_argument("--synthetic", type=int, default=SIMS["synthetic"], help="sims: synthetic set size")
     args = parser.parse_args()
     out = args.out or (WEIGHTS / "mnist-sims.safetensors" if args.model == "sims" else default_out(args.model))
@@ -200,7 +217,7 @@ def main() -> int:
     if args.model == "sims":
         path = train_sims(args.iters or SIMS["iterations"], out, args.quiet, args.synthetic)
     elif args.model in DIFFUSION:
-        path = train_diffusion(args.model, args.iters or DIFFUSION[args.model][0], out, args.quiet)
+        path = train_diffusion(args.model, args.iters or DIFFUSION[args.model][0], out, args.quiet, args.max_minutes)
     else:
         path = train_classifier(args.model, args.iters or CLASSIFIER[args.model][0], out, args.quiet)
     print(f"wrote {path} in {time.monotonic() - t0:.0f} s")

