@@ -4,7 +4,7 @@
 
 MODEL (defaults measured on 2 CPU cores):
   main                 class-conditional UNet (ComfyUI's UNetModel), 15 % null-label dropout    ~14 min
-  main-28              the same, native 28×28 padded to 32² (attention at 16² and 8²), batch 64 ~27 min
+  main-28              the same, native 28×28 padded to 32² (attention at 16² and 8²), batch 64 ~21 min
   weak                 the same network trained 1/6 as long: the guiding model of autoguidance  ~2 min
   uncond               the same network, always the null token (unconditional model)            ~14 min
   eval-classifier      CNN on all 10,000 digits with random affine augmentation (metrics only)  ~1 min
