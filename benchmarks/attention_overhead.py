@@ -76,7 +76,13 @@ FAMILY_BENCH = {
     # 16 blocks: what is per layer (SAG's attention map of one layer) weighs as in a deeper model
     "qwen_image_16": ("qwen_image", {"attention_head_dim": 128, "num_attention_heads": 2, "num_layers": 16,
                                      "axes_dims_rope": (16, 56, 56)}, (1, 128, 128)),
+    # Qwen-Image's real width (24 heads of 128 = 3072) with one block, 4096 image tokens and a 128-token prompt:
+    # where the mix of linear layers and attention, which sets NAG's cost, is the real model's
+    "qwen_image_wide": ("qwen_image", {"attention_head_dim": 128, "num_attention_heads": 24, "num_layers": 1,
+                                       "axes_dims_rope": (16, 56, 56)}, (1, 128, 128)),
 }
+FAMILY_TOKENS = {"qwen_image_wide": 128}          # text tokens per prompt (8 where not listed)
+ON_REQUEST = {"sd15_full", "qwen_image_wide"}      # minutes per step on a 2-core CPU: only with --archs
 
 def _tpg(m, neg):
     return TokenPerturbationGuidanceGK.execute(m, scale=3.0, **BRANCH).result[0]
@@ -97,15 +103,16 @@ def keys_in_layer(model) -> bool:
     return arch.family != "unet" and arch.text_cross is not None
 
 
-def _nag_rows(m, neg):
-    """NAG forced onto the extra-row route (where the family has keys in the layer: what that route saves)."""
+def _nag_rows(m, neg, share: bool = True):
+    """NAG forced onto the extra-row route (where the family has keys in the layer: what that route saves);
+    `share=False`: without computing the rows' shared tokens once (what nag_shared.py saves)."""
     import dataclasses
 
     from guidekit.guidance.schedule import SigmaRange
     from guidekit.nodes.layers import architecture
     from guidekit.nodes.nag import NAGStep, Settings
     arch = dataclasses.replace(architecture(m, "benchmark"), text_cross=None)
-    step = NAGStep(arch, arch.layers, neg, Settings(5.0, 2.5, 0.25, SigmaRange()), None)
+    step = NAGStep(arch, arch.layers, neg, Settings(5.0, 2.5, 0.25, SigmaRange()), None, share)
     patched = m.clone()
     patched.set_model_sampler_calc_cond_batch_function(lambda args: step(args))
     return patched
@@ -127,6 +134,7 @@ METHODS = {
     "STG attention": (lambda m, neg: _stg(m, neg, "attention"), 4.0, "cfg"),
     "NAG (cfg 1)": (_nag, 1.0, "unguided (cfg 1)"),
     "NAG extra rows (cfg 1)": (_nag_rows, 1.0, "unguided (cfg 1)"),
+    "NAG extra rows unshared (cfg 1)": (lambda m, neg: _nag_rows(m, neg, share=False), 1.0, "unguided (cfg 1)"),
     "NAG + CFG": (_nag, 4.0, "cfg"),
     "FDG": (lambda m, neg: FrequencyDecoupledGuidanceGK.run(model=m)[0], 4.0, "cfg"),
     "PAG in place of uncond": (lambda m, neg: pag(m, mode="replace uncond"), 4.0, "cfg"),
@@ -265,10 +273,12 @@ def family_runner(name: str, quick: bool):
     base = thin_models.seeded_patcher(spec.config_class, {**spec.unet_config, **overrides}, seed=0)
     frames = frames if spec.frames is not None else None
 
+    tokens = FAMILY_TOKENS.get(name, 8)
+
     def run(model, steps, seed, cfg=4.0):
         return thin_models.sample(model, arch, seed=seed, steps=steps, cfg=cfg, height=height, width=width,
-                                  frames=frames)
-    negative = thin_models.conditioning(arch, seed=2, height=height, width=width, frames=frames)
+                                  frames=frames, tokens=tokens)
+    negative = thin_models.conditioning(arch, tokens=tokens, seed=2, height=height, width=width, frames=frames)
     return base, run, (f"{frames}x{height}x{width}" if spec.video else f"{height}x{width}"), negative
 
 
@@ -289,7 +299,7 @@ def chosen_methods(names: list[str] | None) -> set[str]:
 
 def main() -> None:
     args, models, sizes = setup(__doc__, "attention_overhead", 5, "steps per timed run (the 20-80 %% range needs ≥ 5)")
-    chosen = args.archs or [*(m for m in models if m != "sd15_full"), *FAMILY_BENCH]
+    chosen = args.archs or [a for a in (*models, *FAMILY_BENCH) if a not in ON_REQUEST]
     rows = []
     for arch in chosen:
         if arch in FAMILY_BENCH:
@@ -304,6 +314,7 @@ def main() -> None:
         variants = {method: (make(base, negative), cfg, baseline) for method, (make, cfg, baseline) in METHODS.items()
                     if not (method.startswith("core") and arch not in UNET_ARCHS)   # core: UNet attn1 only
                     and not (method == "NAG extra rows (cfg 1)" and not keys_in_layer(base))
+                    and not (method == "NAG extra rows unshared (cfg 1)" and arch in UNET_ARCHS)
                     and method in chosen_methods(args.methods)}
         for method, (sec, peak, ratios) in measure_interleaved(variants, run, args.steps, args.repeats).items():
             rows.append({"arch": arch, "params": params, "latent": latent, "method": method,

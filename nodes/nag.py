@@ -46,11 +46,16 @@ class UNetCrossAttention:
 
     def __init__(self, module, negative: torch.Tensor, settings: Settings, previous):
         self.module, self.negative, self.settings, self.previous = module, negative, settings, previous
+        self.moved: dict = {}
 
     def negative_keys(self, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """to_k / to_v of the negative prompt, at every call: the layer's weights may change between calls
-        (LoRA strengths, hook keyframes), and ComfyUI's inference tensors keep no version counter to tell."""
-        negative = self.negative.to(like.device, like.dtype)
+        (LoRA strengths, hook keyframes), and ComfyUI's inference tensors keep no version counter to tell. The
+        prompt itself is moved to the device once (a copy from host memory waits for the device)."""
+        where = (like.device, like.dtype)
+        if where not in self.moved:
+            self.moved = {where: self.negative.to(like.device, like.dtype)}
+        negative = self.moved[where]
         return self.module.to_k(negative), self.module.to_v(negative)
 
     def attention(self, q, k, v, extra_options):
@@ -63,7 +68,7 @@ class UNetCrossAttention:
         out = self.attention(q, k, v, extra_options)
         sigmas = extra_options.get("sigmas")
         labels = extra_options.get("cond_or_uncond") or [0]
-        if sigmas is None or not self.settings.active.active(sigmas) or 0 not in labels:
+        if sigmas is None or 0 not in labels or not self.settings.active_at(sigmas):
             return out
         rows = _rows([j for j, c in enumerate(labels) if c == 0], q.shape[0] // len(labels), q.device)
         k_neg, v_neg = self.negative_keys(q)
@@ -77,8 +82,10 @@ class NAGStep:
     """The sampler's batch function on DiTs: while NAG is active, installs this step's route on a copy of the
     model options (the conds ComfyUI batches are left as they are)."""
 
-    def __init__(self, arch: Architecture, layers: tuple[Layer, ...], negative: list, settings: Settings, previous):
+    def __init__(self, arch: Architecture, layers: tuple[Layer, ...], negative: list, settings: Settings, previous,
+                 share: bool = True):
         self.arch, self.layers, self.negative, self.settings, self.previous = arch, layers, negative, settings, previous
+        self.share = share            # extra rows: compute what they share with the positive once (False: benchmarks)
 
     def negative_text(self, args: dict) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The negative prompt's text tokens (and text mask) as the model's extra_conds make them."""
@@ -111,8 +118,9 @@ class NAGStep:
             key = f"{PAIRS}_{id(self)}"
             constants = frozenset(name for entry in conds[0] for name, value in entry["model_conds"].items()
                                   if isinstance(value, comfy.conds.CONDConstant))
-            wrapper = NegativeRows(key, tokens, mask, constants)
-            to["optimized_attention_override"] = DiTAttention(key, self.layers, previous, self.arch, self.settings)
+            wrapper = NegativeRows(key, tokens, mask, constants, self.share)
+            to["optimized_attention_override"] = DiTAttention(key, self.layers, previous, self.arch, self.settings,
+                                                              self.share)
         wrappers = {kind: dict(by_key) for kind, by_key in to.get("wrappers", {}).items()}
         wrappers.setdefault(comfy.patcher_extension.WrappersMP.APPLY_MODEL, {})[key] = [wrapper]
         to["wrappers"] = wrappers

@@ -1,6 +1,7 @@
 """NAG's extra-rows route (joint-attention DiTs), out of nag.py: the negative's rows added to each call."""
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterable
 
 import comfy.conds
@@ -9,6 +10,7 @@ import torch
 from .attention_hooks import GRID, IMAGE_TAIL, _heads_first, _rows, image_start
 from .layers import Architecture, Layer
 from .nag_settings import NODE, Settings
+from .nag_shared import SharedTokens
 
 PAIRS = "guidekit_nag_pairs"          # + node id, in transformer_options: ((positive chunk, its negative chunk), …)
 NEGATIVES = "guidekit_nag_negatives"  # transformer_options: chunks that are some NAG node's negative (not guided)
@@ -32,25 +34,56 @@ def _host_layout(tokens: torch.Tensor, heads: int, heads_first: bool) -> torch.T
 
 class DiTAttention:
     """optimized_attention_override of the extra-row route: in the chosen blocks, the image-token outputs of
-    each positive chunk and its negative chunk become NAG's combination on both (text tokens keep their own)."""
+    each positive chunk and its negative chunk become NAG's combination on both (text tokens keep their own).
+    Image-only self-attention (cross-attention families, image refiners) is attended once where the two rows'
+    inputs are equal."""
 
-    def __init__(self, key: str, layers: Iterable[Layer], previous, arch: Architecture, settings: Settings):
+    def __init__(self, key: str, layers: Iterable[Layer], previous, arch: Architecture, settings: Settings,
+                 share: bool = True):
         self.key, self.layers, self.previous = key, frozenset(layers), previous
-        self.arch, self.settings = arch, settings
+        self.arch, self.settings, self.share = arch, settings, share
+
+    def attend(self, func, args: tuple, kwargs: dict):
+        return self.previous(func, *args, **kwargs) if self.previous is not None else func(*args, **kwargs)
+
+    def shared(self, func, args: tuple, kwargs: dict, to: dict, pairs) -> torch.Tensor | None:
+        """Image-only self-attention whose negative rows equal their positives' in q, k and v (every block
+        chosen): attended once, without the negative chunks (the call's last), which get the positives'
+        outputs. None where that does not hold (then the caller attends over every row)."""
+        q = args[0]
+        labels = list(to.get("cond_or_uncond") or [0])
+        first = min(n for _, n in pairs)
+        if sorted(n for _, n in pairs) != list(range(first, len(labels))) or \
+                (len(args) > 4 and args[4] is not None) or kwargs.get("mask") is not None:
+            return None
+        per_chunk = q.shape[0] // len(labels)
+        kept = first * per_chunk
+        positives = [p for p, _ in sorted(pairs, key=lambda pair: pair[1])]
+        pos = slice(positives[0] * per_chunk, (positives[0] + len(positives)) * per_chunk) \
+            if positives == list(range(positives[0], positives[0] + len(positives))) \
+            else _rows(positives, per_chunk, q.device)
+        if not all(torch.equal(t[kept:], t[pos]) for t in args[:3]):
+            return None
+        sub = dict(to, cond_or_uncond=labels[:first])
+        if isinstance(to.get("uuids"), list) and len(to["uuids"]) == len(labels):
+            sub["uuids"] = to["uuids"][:first]
+        out = self.attend(func, (*(t[:kept] for t in args[:3]), *args[3:]), dict(kwargs, transformer_options=sub))
+        return torch.cat([out, out[pos]])
 
     def __call__(self, func, *args, **kwargs):
-        out = self.previous(func, *args, **kwargs) if self.previous is not None else func(*args, **kwargs)
         to = kwargs.get("transformer_options") or {}
         pairs = to.get(self.key)
+        q, k = args[0], args[1]
+        seq = 2 if kwargs.get("skip_reshape", False) else 1
+        n_image = to[GRID][0] * to[GRID][1] * to[GRID][2] if pairs else 0
+        q_len, k_len = q.shape[seq], k.shape[seq]
+        if pairs and q_len == k_len == n_image:   # image-only self-attention: the same on both rows, not guided
+            out = self.shared(func, args, kwargs, to, pairs) if self.share else None
+            return out if out is not None else self.attend(func, args, kwargs)
+        out = self.attend(func, args, kwargs)
         if not pairs or (to.get("block_type"), to.get("block_index")) not in self.layers:
             return out
-        q, k = args[0], args[1]
         heads = args[3] if len(args) > 3 else kwargs["heads"]
-        seq = 2 if kwargs.get("skip_reshape", False) else 1
-        n_image = to[GRID][0] * to[GRID][1] * to[GRID][2]
-        q_len, k_len = q.shape[seq], k.shape[seq]
-        if q_len == k_len == n_image:
-            return out                    # image-only self-attention: the same on both rows, nothing to guide
         start = 0 if q_len != k_len else image_start(q_len, n_image, self.arch.image_first, self.arch.image_pad,
                                                      to.get(IMAGE_TAIL, 0))
         count = q_len if q_len != k_len else n_image          # cross-attention: every query is an image token
@@ -103,9 +136,11 @@ def _join_text(tokens: torch.Tensor, mask: torch.Tensor | None, neg_tokens: torc
 class NegativeRows:
     """APPLY_MODEL wrapper of the extra-row route: every model call that holds positive chunks gets, in the same
     call, a negative chunk for each (the positive's rows and inputs, the negative's text); their outputs are
-    dropped. So the negative's rows run beside their positive's however ComfyUI batches the conds."""
-    def __init__(self, key: str, tokens: torch.Tensor, mask: torch.Tensor | None, constants: frozenset[str]):
-        self.key, self.tokens, self.mask, self.constants = key, tokens, mask, constants
+    dropped. So the negative's rows run beside their positive's however ComfyUI batches the conds. The tokens a
+    negative row shares with its positive row are computed once in every Linear layer (nag_shared.py)."""
+    def __init__(self, key: str, tokens: torch.Tensor, mask: torch.Tensor | None, constants: frozenset[str],
+                 share: bool = True):
+        self.key, self.tokens, self.mask, self.constants, self.share = key, tokens, mask, constants, share
 
     def __call__(self, executor, x, t, c_concat=None, c_crossattn=None, control=None, transformer_options=None,
                  **kwargs):
@@ -130,6 +165,8 @@ class NegativeRows:
             to["sigmas"] = _with_rows(to["sigmas"], rows, batch)
         to[self.key] = tuple(zip(positive, range(len(labels), len(labels) + len(positive))))
         to[NEGATIVES] = frozenset(to.get(NEGATIVES, ())) | {n for _, n in to[self.key]}
-        out = executor(_with_rows(x, rows, batch), _with_rows(t, rows, batch), _with_rows(c_concat, rows, batch),
-                       c_crossattn, _with_rows(control, rows, batch), to, **kwargs)
+        shared = SharedTokens(to[self.key], batch // len(labels), batch + len(rows))
+        with shared.installed(executor.class_obj.diffusion_model) if self.share else contextlib.nullcontext():
+            out = executor(_with_rows(x, rows, batch), _with_rows(t, rows, batch), _with_rows(c_concat, rows, batch),
+                           c_crossattn, _with_rows(control, rows, batch), to, **kwargs)
         return out[:batch]

@@ -272,3 +272,103 @@ def test_keys_in_the_layer_equal_the_extra_rows_on_wan(node, thin, arch, cfg, re
     assert effect > 10 * tol                             # the bound tells a wrong route from rounding
     assert (keys - rows).abs().max().item() <= tol
     assert (split - keys).abs().max().item() <= tol
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Extra-row route: the tokens a negative row shares with its positive row are computed once per Linear layer
+
+
+class LinearTokens:
+    """Tokens every Linear layer of a diffusion model computes (its input after any pre-hook packed it)."""
+
+    def __init__(self, patcher):
+        self.count = 0
+        self.handles = [m.register_forward_hook(self.add) for m in patcher.model.diffusion_model.modules()
+                        if isinstance(m, torch.nn.Linear)]
+
+    def add(self, module, args, out) -> None:
+        self.count += args[0].shape[:-1].numel()
+
+    def stop(self) -> int:
+        for handle in self.handles:
+            handle.remove()
+        return self.count
+
+
+class AttentionQueries:
+    """Query elements of every attention call of a clone of `patcher` (an attention override under the others)."""
+
+    def __init__(self, patcher):
+        self.count = 0
+        self.model = patcher.clone()
+        to = self.model.model_options.setdefault("transformer_options", {})
+        to["optimized_attention_override"] = self
+
+    def __call__(self, func, *args, **kwargs):
+        self.count += args[0].numel()
+        return func(*args, **kwargs)
+
+    def __deepcopy__(self, memo):
+        return self                    # ModelPatcher.clone deep-copies model_options: count in this one
+
+
+@pytest.mark.parametrize("arch, layers", [("flux", "all"), ("flux", "double.0"), ("qwen_image", "all"),
+                                          ("sd3", "all"), ("chroma", "all"), ("lumina2", "all"),
+                                          ("hunyuan_video", "all"), ("ltxv", "all"), ("wan21_t2v", "rows")])
+def test_shared_tokens_are_computed_once_and_change_nothing(node, thin, arch, layers, monkeypatch):
+    """With every block chosen the negative's rows carry the positive's image tokens throughout, and the Linear
+    layers compute them once: the sample equals the unshared computation's up to rounding while the layers see
+    at most 60 % of the tokens (2 rows → 1 row + the negative's text). Image-only self-attention (Wan on the
+    extra-row route) is attended once. With one block chosen the image streams part after it: fewer tokens are
+    shared, and the sample is still the unshared one's."""
+    import contextlib
+
+    from guidekit.nodes import nag_rows, nag_shared
+    if thin.missing(arch):
+        pytest.skip(f"this ComfyUI has no {thin.missing(arch)}")
+    model = thin.build(arch, std=0.1)
+    negative = thin.conditioning(arch, seed=5)
+
+    def run() -> tuple[torch.Tensor, int, int]:
+        queries = AttentionQueries(model)
+        patched = rows_route(queries.model, negative) if layers == "rows" else \
+            node.run(model=queries.model, negative=negative, layers=layers)[0]
+        counter = LinearTokens(model)
+        out = thin.sample(patched, arch, cfg=1.0, steps=3)
+        return out, counter.stop(), queries.count
+    shared, shared_tokens, shared_queries = run()
+    with monkeypatch.context() as m:
+        m.setattr(nag_shared.SharedTokens, "installed", lambda self, module: contextlib.nullcontext())
+        m.setattr(nag_rows.DiTAttention, "shared", lambda self, *args: None)
+        unshared, unshared_tokens, unshared_queries = run()
+    plain = thin.sample(model, arch, cfg=1.0, steps=3)
+    tol = rounding_bound(thin, model, arch, 3, unshared)      # packed rows: the same sums in other kernels
+    print(f"{arch} {layers}: tokens {shared_tokens}/{unshared_tokens}, queries {shared_queries}/{unshared_queries}, "
+          f"diff {(shared - unshared).abs().max().item():.2e}, tol {tol:.2e}")
+    assert (unshared - plain).abs().max().item() > 10 * tol
+    assert (shared - unshared).abs().max().item() <= tol
+    if layers == "double.0":
+        assert 0.6 * unshared_tokens < shared_tokens < unshared_tokens
+    else:
+        assert shared_tokens <= 0.6 * unshared_tokens
+    if arch == "wan21_t2v":            # self-attention once: 3 of the 4 (2 rows × self, cross) query sets
+        assert shared_queries <= 0.8 * unshared_queries
+
+
+def test_the_step_range_is_read_once_per_step(comfy):
+    """The UNet patch asks at each cross-attention layer whether the step is in range; reading a GPU tensor waits
+    for the device, so the answer is read once per step's σ tensor and reused by the other layers."""
+    from guidekit.guidance.schedule import SigmaRange
+    from guidekit.nodes.nag_settings import Settings
+
+    class Counting(SigmaRange):
+        reads = 0
+
+        def active(self, sigma):
+            Counting.reads += 1
+            return super().active(sigma)
+    settings = Settings(5.0, 2.5, 0.25, Counting(sigma_low=0.5, sigma_high=2.0))
+    step1, step2 = torch.tensor([1.0]), torch.tensor([3.0])
+    assert [settings.active_at(step1) for _ in range(70)] == [True] * 70
+    assert [settings.active_at(step2) for _ in range(70)] == [False] * 70
+    assert Counting.reads == 2

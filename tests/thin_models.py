@@ -493,13 +493,13 @@ def conditioning(arch: str, batch: int = 1, tokens: int = 8, seed: int = 0, heig
 
 def sample(model, arch: str, seed: int = 0, steps: int = 4, cfg: float = 4.0, batch: int = 1,
            height: int = 16, width: int = 16, sampler: str = "euler", scheduler: str = "normal",
-           frames: int | None = None, cond_seeds: tuple[int, int] = (1, 2)) -> torch.Tensor:
+           frames: int | None = None, cond_seeds: tuple[int, int] = (1, 2), tokens: int = 8) -> torch.Tensor:
     """Sample a latent with comfy.sample.sample, exactly as KSampler does (positive and negative
-    conditioning from `cond_seeds`)."""
+    conditioning of `tokens` text tokens from `cond_seeds`)."""
     latent = torch.zeros(latent_shape(arch, batch, height, width, frames))
     noise = torch.randn(latent.shape, generator=torch.Generator().manual_seed(seed))
-    positive = conditioning(arch, batch, seed=cond_seeds[0], height=height, width=width, frames=frames)
-    negative = conditioning(arch, batch, seed=cond_seeds[1], height=height, width=width, frames=frames)
+    positive = conditioning(arch, batch, tokens, seed=cond_seeds[0], height=height, width=width, frames=frames)
+    negative = conditioning(arch, batch, tokens, seed=cond_seeds[1], height=height, width=width, frames=frames)
     return comfy.sample.sample(model, noise, steps, cfg, sampler, scheduler, positive, negative, latent,
                                seed=seed, disable_pbar=True)
 
