@@ -5,6 +5,8 @@
 MODEL (defaults measured on 2 CPU cores):
   main                 class-conditional UNet (ComfyUI's UNetModel), 15 % null-label dropout    ~14 min
   main-28              the same, native 28×28 padded to 32² (attention at 16² and 8²), batch 64 ~21 min
+  dit-28               class-conditional DiT: ComfyUI's Qwen-Image transformer (8 joint-attention blocks),
+                       32² pixels in 2×2 patches, rectified flow, 15 % null-label dropout          ~25 min
   weak                 the same network trained 1/6 as long: the guiding model of autoguidance  ~2 min
   uncond               the same network, always the null token (unconditional model)            ~14 min
   eval-classifier      CNN on all 10,000 digits with random affine augmentation (metrics only)  ~1 min
@@ -12,7 +14,8 @@ MODEL (defaults measured on 2 CPU cores):
   sims                 SIMS negative: mnist-main + a rank-8 LoRA fine-tuned (GuideKit SIMS LoRA's own
                        loop) on 2,000 of mnist-main's unguided samples, merged into full weights     ~3 min
 Diffusion models: EPS prediction on SD's discrete schedule through ComfyUI's own BaseModel.apply_model
-(the exact parametrisation sampling uses), loss ‖ε̂ − ε‖², Adam, EMA of weights.
+(the exact parametrisation sampling uses), loss ‖ε̂ − ε‖², Adam, EMA of weights. The DiT: rectified flow through
+the same apply_model (ModelType.FLOW: x_σ = (1 − σ)·x0 + σ·n, σ logit-normal, loss ‖v̂ − (n − x0)‖²).
 """
 from __future__ import annotations
 
@@ -42,6 +45,11 @@ DIFFUSION = {  # name: iterations, label dropout (1.0 = always null), seed, reso
 # the sampler's zero-mean start misses the digits' mean (background −1): at 32² the image mean's noise is σ/32, the
 # offset 0.8 is 1.7 of it and the samples come out grey (mean 0.44 vs the data's 0.10); offset noise trains the
 # model to correct the image mean.
+FLOW = {  # DiT name: iterations, label dropout, seed, batch, learning rate, logit-normal σ (mean, std)
+    "dit-28": (3000, 0.15, 0, 32, 1e-3, (0.0, 1.0)),
+}
+# Rectified flow starts sampling at σ = 1, pure noise (no σ_max short of it as SD's schedule), so the image mean
+# needs no offset noise.
 CLASSIFIER = {  # name: iterations, augmentation, use all digits, seed
     "eval-classifier": (1500, True, True, 3),
     "guidance-classifier": (300, False, False, 4),
@@ -55,7 +63,7 @@ LOADER_METADATA = {"guidance-classifier": {"arch": "guidekit:digit-cnn", "normal
 def default_out(name: str) -> Path:
     """Diffusion models and the evaluation classifier in weights/; the guidance classifier in weights/networks/
     (the folder GuideKit Guidance Network Loader lists)."""
-    if name in DIFFUSION:
+    if name in DIFFUSION or name in FLOW:
         return WEIGHTS / f"mnist-{name}.safetensors"
     folder = WEIGHTS / "networks" if name in LOADER_METADATA else WEIGHTS
     return folder / f"mnist-classifier-{name.split('-')[0]}.safetensors"
@@ -132,6 +140,76 @@ def train_diffusion(name: str, iters: int, out: Path, quiet: bool, max_minutes: 
                         schedule="sd-discrete-linear", resolution=f"{size}x{size}")
 
 
+def init_dit(module: torch.nn.Module, seed: int) -> None:
+    """PyTorch's default init for the linear layers, unit norms, and DiT's adaLN-Zero: every block's modulation
+    and the output layer start at zero (each block the identity, the velocity 0)."""
+    torch.manual_seed(seed)
+    for m in module.modules():
+        if isinstance(m, torch.nn.Linear):
+            torch.nn.Linear.reset_parameters(m)     # ComfyUI's ops override reset_parameters with a no-op
+        elif type(m).__name__ in ("LayerNorm", "RMSNorm") and getattr(m, "weight", None) is not None:
+            torch.nn.init.ones_(m.weight)
+            if getattr(m, "bias", None) is not None:
+                torch.nn.init.zeros_(m.bias)
+    zero = [module.norm_out.linear, module.proj_out]
+    zero += [b.img_mod[1] for b in module.transformer_blocks] + [b.txt_mod[1] for b in module.transformer_blocks]
+    for m in zero:
+        torch.nn.init.zeros_(m.weight)
+        torch.nn.init.zeros_(m.bias)
+    bad = [n for n, p in module.named_parameters() if not torch.isfinite(p).all()]
+    if bad:
+        raise RuntimeError(f"parameters left uninitialised: {bad[:5]}")
+
+
+def train_flow(name: str, iters: int, out: Path, quiet: bool, max_minutes: float | None = None) -> Path:
+    """Rectified-flow training of the MNIST DiT through ComfyUI's BaseModel (FLOW: denoised = x − σ·v)."""
+    from guidekit.nodes import compat, demo_mnist_dit
+
+    from evidence.comfy_models import demo_mnist
+    _, dropout, seed, batch, lr, (ln_mean, ln_std) = FLOW[name]
+    split = mnist_data.load_split()
+    data = mnist_data.to_latent(mnist_data.to_unit(split.train_images, mnist_data.NATIVE))
+    labels = split.train_labels
+    model = demo_mnist_dit.build_model()
+    model.project_to_grey = False          # fit the network's own output; the projection is for sampling
+    net = model.diffusion_model
+    init_dit(net, seed)
+    net.train().requires_grad_(True)
+    opt = torch.optim.Adam(net.parameters(), lr=lr)
+    ema = EMA(net, 0.995)
+    gen = torch.Generator().manual_seed(seed)
+    t0 = time.monotonic()
+    bar = progress(iters, f"mnist {name}", quiet)
+    with compat.gradients():
+        for i in bar:
+            if max_minutes is not None and time.monotonic() - t0 > 60 * max_minutes:
+                print(f"time budget of {max_minutes:g} min reached after {i} of {iters} iterations")
+                iters = i
+                break
+            opt.param_groups[0]["lr"] = lr * min(1.0, (i + 1) / 100)
+            idx = torch.randint(len(data), (batch,), generator=gen)
+            x0, y = data[idx], labels[idx].clone()
+            y[torch.rand(batch, generator=gen) < dropout] = demo_mnist.NULL
+            sigma = torch.sigmoid(ln_mean + ln_std * torch.randn(batch, generator=gen))
+            noise = torch.randn(x0.shape, generator=gen)
+            s = sigma.view(-1, 1, 1, 1)
+            x = (1 - s) * x0 + s * noise
+            denoised = model.apply_model(x, sigma, c_crossattn=demo_mnist.digit_context(y.tolist()))
+            loss = F.mse_loss((x - denoised) / s, noise - x0)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
+            opt.step()
+            ema.update(net)
+            if i % 50 == 0:
+                bar.set_postfix(loss=f"{loss.item():.4f}")
+    return save_weights(out, ema.model.state_dict(), demo_mnist_dit.KIND, time.monotonic() - t0, split.sha256,
+                        model=name, iterations=iters, batch=batch, learning_rate=lr, label_dropout=dropout, seed=seed,
+                        dit_config=demo_mnist_dit.MNIST_DIT, prediction="velocity (rectified flow)",
+                        schedule=f"flow, sigma = timestep in [0, 1], training sigma logit-normal({ln_mean}, {ln_std})",
+                        resolution=f"{mnist_data.NATIVE}x{mnist_data.NATIVE}")
+
+
 def train_classifier(name: str, iters: int, out: Path, quiet: bool) -> Path:
     _, augment, all_digits, seed = CLASSIFIER[name]
     split = mnist_data.load_split()
@@ -205,7 +283,7 @@ def train_sims(iters: int, out: Path, quiet: bool, synthetic: int) -> Path:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("model", choices=[*DIFFUSION, *CLASSIFIER, "sims"])
+    parser.add_argument("model", choices=[*DIFFUSION, *FLOW, *CLASSIFIER, "sims"])
     parser.add_argument("--iters", type=int, help="training iterations (default: the table above)")
     parser.add_argument("--out", type=Path, help="output .safetensors (default: benchmarks/weights/...)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -218,6 +296,8 @@ def main() -> int:
         path = train_sims(args.iters or SIMS["iterations"], out, args.quiet, args.synthetic)
     elif args.model in DIFFUSION:
         path = train_diffusion(args.model, args.iters or DIFFUSION[args.model][0], out, args.quiet, args.max_minutes)
+    elif args.model in FLOW:
+        path = train_flow(args.model, args.iters or FLOW[args.model][0], out, args.quiet, args.max_minutes)
     else:
         path = train_classifier(args.model, args.iters or CLASSIFIER[args.model][0], out, args.quiet)
     print(f"wrote {path} in {time.monotonic() - t0:.0f} s")

@@ -84,25 +84,36 @@ def read_metadata(path: Path) -> dict:
         return dict(f.metadata() or {})
 
 
+def model_kinds() -> dict:
+    """metadata kind → (what it is, the metadata key of its config, its build function): the UNet and the DiT."""
+    from . import demo_mnist_dit  # the DiT variant (ComfyUI's Qwen-Image transformer)
+    return {KIND: ("UNet", "guidekit.unet_config", build_model),
+            demo_mnist_dit.KIND: ("DiT", demo_mnist_dit.CONFIG_KEY, demo_mnist_dit.build_model)}
+
+
 def load_patcher(path: Path, node: str = "GuideKit MNIST Demo Loader", input_name: str = "weights"):
-    """A ModelPatcher for a GuideKit MNIST weights file (its UNet config is in the file's metadata)."""
+    """A ModelPatcher for a GuideKit MNIST weights file, UNet or DiT (its kind and config are in its metadata)."""
     meta = files.metadata_of(path, node, input_name, path.name)
-    if meta.get("guidekit.kind") != KIND:
-        raise ValueError(f"{node}: input '{input_name}' = {path.name!r} is not a GuideKit MNIST UNet (metadata kind "
-                         f"{meta.get('guidekit.kind')!r})")
+    kinds = model_kinds()
+    if meta.get("guidekit.kind") not in kinds:
+        raise ValueError(f"{node}: input '{input_name}' = {path.name!r} is not a GuideKit MNIST UNet or DiT "
+                         f"(metadata kind {meta.get('guidekit.kind')!r}; expected one of {sorted(kinds)})")
+    what, key, build = kinds[meta["guidekit.kind"]]
     try:
-        unet_config = json.loads(meta.get("guidekit.unet_config", "{}"))
-        model = build_model(unet_config, device=comfy.model_management.unet_offload_device())
-    except (ValueError, TypeError, KeyError) as e:
-        raise ValueError(f"{node}: input '{input_name}' = {path.name!r}: its 'guidekit.unet_config' metadata does "
-                         f"not build the MNIST UNet ({e})") from e
+        config = json.loads(meta.get(key, "{}"))
+        if not isinstance(config, dict):
+            raise TypeError(f"a JSON object expected, got {type(config).__name__}")
+        model = build(config, device=comfy.model_management.unet_offload_device())
+    except (ValueError, TypeError, KeyError, AttributeError) as e:
+        raise ValueError(f"{node}: input '{input_name}' = {path.name!r}: its '{key}' metadata does "
+                         f"not build the MNIST {what} ({e})") from e
     state = files.tensors_of(path, node, input_name, path.name)
     try:
         missing, unexpected = model.diffusion_model.load_state_dict(state, strict=False)
     except RuntimeError as e:
         missing, unexpected = [str(e).splitlines()[-1].strip()[:200]], []
     if missing or unexpected:
-        raise ValueError(f"{node}: input '{input_name}' = {path.name!r}: weights do not fit the UNet config "
+        raise ValueError(f"{node}: input '{input_name}' = {path.name!r}: weights do not fit the {what} config "
                          f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
     model.eval()
     return comfy.model_patcher.ModelPatcher(model, load_device=comfy.model_management.get_torch_device(),
@@ -119,7 +130,7 @@ def digit_context(labels: list[int]) -> torch.Tensor:
     return torch.nn.functional.one_hot(torch.tensor(labels, dtype=torch.int64), CONTEXT_DIM).float().unsqueeze(1)
 
 
-DEFAULT_WEIGHTS = "mnist-main.safetensors"    # the loader's default (first) option
+DEFAULT_WEIGHTS = "mnist-main-28.safetensors"    # the loader's default (first) option: the native 28×28 model
 
 
 def weight_files() -> list[str]:
@@ -145,13 +156,15 @@ class MNISTDemoLoader(GuideKitNode):
     def define_schema(cls) -> io.Schema:
         return io.Schema(
             node_id="GuideKitMNISTLoader", display_name=LOADER_NODE, category=CATEGORY,
-            description="Loads GuideKit's own class-conditional MNIST diffusion model (16×16 pixel space, trained on "
-                        "CPU by benchmarks/train_mnist.py) and the pixel-space VAE. Use with "
-                        "EmptyChromaRadianceLatentImage (16×16; 32×32 for mnist-main-28, the native 28×28 digits "
-                        "padded) and GuideKit MNIST Digits.",
+            description="Loads GuideKit's own class-conditional MNIST diffusion model (pixel space, trained on CPU "
+                        "by benchmarks/train_mnist.py) and the pixel-space VAE. Use with "
+                        "EmptyChromaRadianceLatentImage (32×32 for mnist-main-28, the default, and mnist-dit-28: "
+                        "the native 28×28 digits padded; 16×16 for the other files) and GuideKit MNIST Digits.",
             inputs=[io.Combo.Input("weights", options=weight_files() or [DEFAULT_WEIGHTS],
-                                   tooltip="A weights file from the pack's benchmarks/weights folder "
-                                           "(mnist-main-28: 32×32 latents).")],
+                                   tooltip="A weights file from the pack's benchmarks/weights folder: "
+                                           "mnist-main-28 (default) and mnist-dit-28 (a Qwen-Image-architecture "
+                                           "DiT) take 32×32 latents, the others 16×16 (mnist-weak / -uncond / "
+                                           "-sims pair with mnist-main).")],
             outputs=[io.Model.Output(tooltip="The MNIST diffusion model."),
                      io.Vae.Output(tooltip="The pixel-space VAE (grey digits as RGB).")],
         )

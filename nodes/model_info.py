@@ -116,10 +116,10 @@ def describe_module(dm, model_sampling) -> ModelDescription:
 @lru_cache(maxsize=16)
 def _describe(path: str, mtime: float, folder: str) -> ModelDescription:
     if folder == "guidekit_mnist":         # weights on the meta device; the schedule is real (it holds numbers)
-        from .demo_mnist import build_model
-        config = json.loads(files.metadata_of(Path(path), NODE, "name", Path(path).name)
-                            .get("guidekit.unet_config", "{}"))
-        model = build_model(config, device=torch.device("meta"))
+        from .demo_mnist import KIND, model_kinds
+        meta = files.metadata_of(Path(path), NODE, "name", Path(path).name)
+        _, key, build = model_kinds().get(meta.get("guidekit.kind"), model_kinds()[KIND])    # UNet or DiT
+        model = build(json.loads(meta.get(key, "{}")), device=torch.device("meta"))
         return describe_module(model.diffusion_model, model.model_sampling)
     sd, metadata = meta_state_dict(Path(path))
     prefix = "" if folder in ("diffusion_models", "unet") else comfy.model_detection.unet_prefix_from_state_dict(sd)

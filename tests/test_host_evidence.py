@@ -162,7 +162,7 @@ def test_demo_nodes_digits_and_errors(comfy):
         demo_mnist.MNISTDemoLoader.execute("nope.safetensors")
     model, vae = demo_mnist.MNISTDemoLoader.execute("mnist-main.safetensors").result
     assert model.model.latent_format.latent_channels == 3 and vae.latent_channels == 3
-    assert demo_mnist.weight_files()[0] == "mnist-main.safetensors"    # the default option comes first
+    assert demo_mnist.weight_files()[0] == "mnist-main-28.safetensors"    # the default option comes first
     assert not any(n.startswith("mnist-classifier") for n in demo_mnist.weight_files())
     info = json.dumps(demo_mnist.MNIST_UNET)
     assert '"context_dim": 11' in info

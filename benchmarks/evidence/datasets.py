@@ -189,6 +189,15 @@ def mnist_native() -> MNISTSetting:
     return MNISTSetting(WEIGHTS / "mnist-main-28.safetensors", name="mnist-28", size=mnist_data.NATIVE)
 
 
+def mnist_dit() -> MNISTSetting:
+    """The DiT (ComfyUI's Qwen-Image transformer, 8 joint-attention blocks on a 16×16 token grid, rectified flow) at
+    32×32, scored as `mnist-28` scores its samples. Euler 20 steps on the normal schedule, as every MNIST setting."""
+    setting = MNISTSetting(WEIGHTS / "mnist-dit-28.safetensors", name="mnist-dit", size=mnist_data.NATIVE)
+    setting.note = ("Model `mnist-dit-28`: Qwen-Image transformer, 8 blocks, width 128, patch 2 (16×16 tokens), "
+                    "rectified flow (σ 1 → 0).")
+    return setting
+
+
 def toy_main() -> ToySetting:
     """The toy setting of the quality benchmark: the toy example's class-A model, our sampling protocol."""
     return ToySetting(WEIGHTS / "toy-a-main.safetensors", "toy", "own", extended=True)
@@ -200,4 +209,4 @@ def toy_reference_protocol() -> ToySetting:
 
 
 SETTINGS = {"toy": toy_main, "toy-ref": toy_reference_protocol, "mnist": MNISTSetting,
-            "mnist-uncond": MNISTUncondSetting, "mnist-28": mnist_native}
+            "mnist-uncond": MNISTUncondSetting, "mnist-28": mnist_native, "mnist-dit": mnist_dit}

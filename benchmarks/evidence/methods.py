@@ -82,11 +82,21 @@ def conditional(model, dataset: str):
     return trained("toy-main") if is_toy(dataset) else model
 
 
+# The DiT's depth sweep (issue 20): CFG's scales, and one fixed PAG / SEG scale on one block at a time.
+DIT_CFG = (1.5, 2.0, 3.0)
+DIT_BLOCKS = 8                      # mnist-dit-28's double.0 … double.7
+DIT_PAG_SCALE = 1.0                 # PAG 3 on the middle block over-guides this model (a 60-digit pilot: FD 554 vs
+                                    # unguided 313, accuracy 0.50 vs 0.68), as PAG 3 did on mnist-main; it runs as a row
+DIT_SEG_SCALE = 3.0                 # SEG's paper scale
+DIT_SEG_BLOCKS = (0, 4, 7)          # first, middle (the documented default of a DiT without a published layer), last
+
 register(Method("unguided", "unguided",
-                {"toy": (1.0,), "toy-ref": (1.0,), "mnist": (1.0,), "mnist-uncond": (1.0,), "mnist-28": (1.0,)},
+                {"toy": (1.0,), "toy-ref": (1.0,), "mnist": (1.0,), "mnist-uncond": (1.0,), "mnist-28": (1.0,),
+                 "mnist-dit": (1.0,)},
                 lambda m, s, d: (m, 1.0)))
 register(Method("cfg", "CFG {s}", {"toy": (1.5, 2.0, 3.0, 4.0), "toy-ref": (2.0, 4.0),
-                                   "mnist": (1.5, 2.0, 3.0, 5.0), "mnist-28": (1.5, 2.0, 3.0)},
+                                   "mnist": (1.5, 2.0, 3.0, 5.0), "mnist-28": (1.5, 2.0, 3.0),
+                                   "mnist-dit": DIT_CFG},
                 cfg))
 register(Method("cfg-null", "earlier toy-main: CFG {s} (null token)",
                 {"toy": (1.0, 2.0, 4.0), "toy-ref": (1.0, 2.0)},
@@ -97,6 +107,22 @@ register(Method("seg", "SEG {s}", {"mnist": (1.0, 3.0), "mnist-28": (3.0,)},
                 lambda m, s, d: (SmoothedEnergyGuidanceGK.run(model=m, scale=s)[0], 1.0)))
 register(Method("seg-16", "SEG {s} on the 16×16 layers", {"mnist-28": (3.0,)},      # input.3 and output.2-3
                 lambda m, s, d: (SmoothedEnergyGuidanceGK.run(model=m, scale=s, layers="input.3, output.2-3")[0], 1.0)))
+
+
+def _pag_on(block: int) -> Apply:
+    return lambda m, s, d: (PerturbedAttentionGuidanceGK.run(model=m, scale=s, layers=f"double.{block}")[0], 1.0)
+
+
+def _seg_on(block: int) -> Apply:
+    return lambda m, s, d: (SmoothedEnergyGuidanceGK.run(model=m, scale=s, layers=f"double.{block}")[0], 1.0)
+
+
+for _block in range(DIT_BLOCKS):
+    scales = (DIT_PAG_SCALE, 3.0) if _block == DIT_BLOCKS // 2 else (DIT_PAG_SCALE,)
+    register(Method(f"pag-double.{_block}", f"PAG {{s}} on double.{_block}", {"mnist-dit": scales}, _pag_on(_block)))
+for _block in DIT_SEG_BLOCKS:
+    register(Method(f"seg-double.{_block}", f"SEG {{s}} on double.{_block}", {"mnist-dit": (DIT_SEG_SCALE,)},
+                    _seg_on(_block)))
 register(Method("sag", "SAG {s}", {"mnist": (0.5, 1.0), "mnist-28": (1.0,)},
                 lambda m, s, d: (SelfAttentionGuidanceGK.run(model=m, scale=s)[0], 1.0)))
 register(Method("cfg+pag", "CFG 2 + PAG {s}", {"mnist": (2.0,)},
