@@ -386,6 +386,6 @@ def test_a_queued_template_shows_its_image(app):
     }""", timeout=180_000)
     size = app.evaluate("""() => { const img = window.app.graph.nodes.find(x => x.type === 'SaveImage').imgs[0];
                                    return [img.naturalWidth, img.naturalHeight, img.src]; }""")
-    assert size[:2] == [64, 64] and "/view?" in size[2]
+    assert size[:2] == [128, 128] and "/view?" in size[2]      # 32×32 digits (mnist-main-28) scaled by 4
     focus(app, "KSampler")
     screenshot(app, "queued_mnist_digits")

@@ -59,14 +59,16 @@ def test_readme_main_command_draws_the_ten_digits(server, tmp_path):
     result = server.run(json.loads(MNIST_DEMO.read_text()), tmp_path)
     assert len(result.images) == 10
     pixels = np.stack([np.asarray(Image.open(p)) for p in sorted(result.images)])
-    assert pixels.shape == (10, 64, 64, 3)
+    assert pixels.shape == (10, 128, 128, 3)          # the native model's 32×32 digits, scaled by 4
     import torch
     from safetensors.torch import load_file
 
+    from evidence.mnist_data import to_eval
     from evidence.networks import DigitClassifier
     clf = DigitClassifier().eval()
     clf.load_state_dict(load_file(str(REPO / "benchmarks" / "weights" / "mnist-classifier-eval.safetensors")))
-    digits = torch.from_numpy(pixels[:, ::4, ::4, :].mean(-1, keepdims=True) / 255.0).float().permute(0, 3, 1, 2)
+    native = torch.from_numpy(pixels[:, ::4, ::4, :].mean(-1, keepdims=True) / 255.0).float().permute(0, 3, 1, 2)
+    digits = to_eval(native)                          # cropped to the 28×28 digit, resized as real digits are
     with torch.no_grad():
         read = clf(digits).argmax(1).tolist()
     assert sum(r == i for i, r in enumerate(read)) >= 8, read
