@@ -79,9 +79,14 @@ def init_unet(module: torch.nn.Module, seed: int) -> None:
         if isinstance(m, (torch.nn.GroupNorm, torch.nn.LayerNorm)) and m.weight is not None:
             torch.nn.init.ones_(m.weight)
             torch.nn.init.zeros_(m.bias)
-    last = module.out[-1]
-    torch.nn.init.zeros_(last.weight)
-    torch.nn.init.zeros_(last.bias)
+    zero_then_check(module, [module.out[-1]])
+
+
+def zero_then_check(module: torch.nn.Module, zero: list[torch.nn.Module]) -> None:
+    """Zero the output layers `zero` (a fresh model then predicts 0) and refuse a parameter left uninitialised."""
+    for m in zero:
+        torch.nn.init.zeros_(m.weight)
+        torch.nn.init.zeros_(m.bias)
     bad = [n for n, p in module.named_parameters() if not torch.isfinite(p).all()]
     if bad:
         raise RuntimeError(f"parameters left uninitialised: {bad[:5]}")
@@ -153,12 +158,7 @@ def init_dit(module: torch.nn.Module, seed: int) -> None:
                 torch.nn.init.zeros_(m.bias)
     zero = [module.norm_out.linear, module.proj_out]
     zero += [b.img_mod[1] for b in module.transformer_blocks] + [b.txt_mod[1] for b in module.transformer_blocks]
-    for m in zero:
-        torch.nn.init.zeros_(m.weight)
-        torch.nn.init.zeros_(m.bias)
-    bad = [n for n, p in module.named_parameters() if not torch.isfinite(p).all()]
-    if bad:
-        raise RuntimeError(f"parameters left uninitialised: {bad[:5]}")
+    zero_then_check(module, zero)
 
 
 def train_flow(name: str, iters: int, out: Path, quiet: bool, max_minutes: float | None = None) -> Path:
