@@ -92,6 +92,17 @@ def zero_then_check(module: torch.nn.Module, zero: list[torch.nn.Module]) -> Non
         raise RuntimeError(f"parameters left uninitialised: {bad[:5]}")
 
 
+def step(loss: torch.Tensor, opt, net: torch.nn.Module, ema, bar, i: int) -> None:
+    """One optimiser step with the gradient clipped to norm 1, the EMA updated, the loss shown every 50 steps."""
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
+    opt.step()
+    ema.update(net)
+    if i % 50 == 0:
+        bar.set_postfix(loss=f"{loss.item():.4f}")
+
+
 def train_diffusion(name: str, iters: int, out: Path, quiet: bool, max_minutes: float | None = None) -> Path:
     """EPS training through ComfyUI's BaseModel; `max_minutes` stops early (the file records the iterations done)."""
     from guidekit.nodes import compat
@@ -131,13 +142,7 @@ def train_diffusion(name: str, iters: int, out: Path, quiet: bool, max_minutes: 
             denoised = model.apply_model(x, sigma, c_crossattn=demo_mnist.digit_context(y.tolist()))
             eps_hat = (x - denoised) / sigma.view(-1, 1, 1, 1)
             loss = F.mse_loss(eps_hat, eps)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
-            opt.step()
-            ema.update(net)
-            if i % 50 == 0:
-                bar.set_postfix(loss=f"{loss.item():.4f}")
+            step(loss, opt, net, ema, bar, i)
     return save_weights(out, ema.model.state_dict(), demo_mnist.KIND, time.monotonic() - t0, split.sha256,
                         model=name, iterations=iters, batch=batch, offset_noise=offset, label_dropout=dropout,
                         seed=seed,
@@ -196,13 +201,7 @@ def train_flow(name: str, iters: int, out: Path, quiet: bool, max_minutes: float
             x = (1 - s) * x0 + s * noise
             denoised = model.apply_model(x, sigma, c_crossattn=demo_mnist.digit_context(y.tolist()))
             loss = F.mse_loss((x - denoised) / s, noise - x0)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
-            opt.step()
-            ema.update(net)
-            if i % 50 == 0:
-                bar.set_postfix(loss=f"{loss.item():.4f}")
+            step(loss, opt, net, ema, bar, i)
     return save_weights(out, ema.model.state_dict(), demo_mnist_dit.KIND, time.monotonic() - t0, split.sha256,
                         model=name, iterations=iters, batch=batch, learning_rate=lr, label_dropout=dropout, seed=seed,
                         dit_config=demo_mnist_dit.MNIST_DIT, prediction="velocity (rectified flow)",
