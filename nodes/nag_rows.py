@@ -10,7 +10,7 @@ import torch
 from .attention_hooks import GRID, IMAGE_TAIL, _heads_first, _rows, image_start
 from .layers import Architecture, Layer
 from .nag_settings import NODE, Settings
-from .nag_shared import SharedTokens
+from .nag_shared import SharedTokens, split_joint_attention
 
 PAIRS = "guidekit_nag_pairs"          # + node id, in transformer_options: ((positive chunk, its negative chunk), …)
 NEGATIVES = "guidekit_nag_negatives"  # transformer_options: chunks that are some NAG node's negative (not guided)
@@ -36,7 +36,8 @@ class DiTAttention:
     """optimized_attention_override of the extra-row route: in the chosen blocks, the image-token outputs of
     each positive chunk and its negative chunk become NAG's combination on both (text tokens keep their own).
     Image-only self-attention (cross-attention families, image refiners) is attended once where the two rows'
-    inputs are equal."""
+    inputs are equal; joint attention attends over the shared image keys once (split_joint_attention) unless
+    another attention patch comes after this one (it sees every row then)."""
 
     def __init__(self, key: str, layers: Iterable[Layer], previous, arch: Architecture, settings: Settings,
                  share: bool = True):
@@ -80,12 +81,17 @@ class DiTAttention:
         if pairs and q_len == k_len == n_image:   # image-only self-attention: the same on both rows, not guided
             out = self.shared(func, args, kwargs, to, pairs) if self.share else None
             return out if out is not None else self.attend(func, args, kwargs)
-        out = self.attend(func, args, kwargs)
         if not pairs or (to.get("block_type"), to.get("block_index")) not in self.layers:
-            return out
-        heads = args[3] if len(args) > 3 else kwargs["heads"]
+            return self.attend(func, args, kwargs)
         start = 0 if q_len != k_len else image_start(q_len, n_image, self.arch.image_first, self.arch.image_pad,
                                                      to.get(IMAGE_TAIL, 0))
+        if self.share and self.previous is None and q_len == k_len:
+            out = split_joint_attention(lambda a, kw: func(*a, **kw), args, kwargs, to, pairs,
+                                        slice(start, start + n_image), self.settings.combine)
+            if out is not None:
+                return out
+        out = self.attend(func, args, kwargs)
+        heads = args[3] if len(args) > 3 else kwargs["heads"]
         count = q_len if q_len != k_len else n_image          # cross-attention: every query is an image token
         heads_first = kwargs.get("skip_output_reshape", False)
         tokens = _tokens(out, heads_first)

@@ -340,6 +340,7 @@ def test_shared_tokens_are_computed_once_and_change_nothing(node, thin, arch, la
     with monkeypatch.context() as m:
         m.setattr(nag_shared.SharedTokens, "installed", lambda self, module: contextlib.nullcontext())
         m.setattr(nag_rows.DiTAttention, "shared", lambda self, *args: None)
+        m.setattr(nag_rows, "split_joint_attention", lambda *args: None)
         unshared, unshared_tokens, unshared_queries = run()
     plain = thin.sample(model, arch, cfg=1.0, steps=3)
     tol = rounding_bound(thin, model, arch, 3, unshared)      # packed rows: the same sums in other kernels
@@ -353,6 +354,62 @@ def test_shared_tokens_are_computed_once_and_change_nothing(node, thin, arch, la
         assert shared_tokens <= 0.6 * unshared_tokens
     if arch == "wan21_t2v":            # self-attention once: 3 of the 4 (2 rows × self, cross) query sets
         assert shared_queries <= 0.8 * unshared_queries
+
+
+class AttentionWork:
+    """Query × key products of every attention call NAG's override makes: the host's attention it calls and the
+    split attention's partial parts."""
+
+    def __init__(self, monkeypatch):
+        from guidekit.nodes import nag_rows, nag_shared
+        self.work = 0
+        partial, override = nag_shared.partial_attention.attention, nag_rows.DiTAttention.__call__
+
+        def counted(q, k, v):
+            self.work += q.shape[:-1].numel() * k.shape[-2]
+            return partial(q, k, v)
+
+        def counted_override(attention, func, *args, **kwargs):
+            return override(attention, self.host(func), *args, **kwargs)
+        monkeypatch.setattr(nag_shared.partial_attention, "attention", counted)
+        monkeypatch.setattr(nag_rows.DiTAttention, "__call__", counted_override)
+
+    def host(self, func):
+        def counted(q, k, v, heads, *args, **kwargs):
+            seq = 2 if kwargs.get("skip_reshape", False) else 1
+            self.work += q.shape[:seq + 1].numel() * k.shape[seq] * (1 if seq == 2 else heads)
+            return func(q, k, v, heads, *args, **kwargs)
+        return counted
+
+
+@pytest.mark.parametrize("arch, at_most", [("flux", 0.6), ("qwen_image", 0.6), ("sd3", 0.6), ("hunyuan_video", 0.6),
+                                           ("lumina2", 0.7)])   # + image-only refiner layers, attended once in both
+def test_joint_attention_attends_the_shared_image_keys_once(node, thin, arch, at_most, monkeypatch):
+    """Every block chosen: the negative's image queries and keys are the positive's, only its text keys differ.
+    The image queries attend over the image keys once and over each row's text apart, merged exactly: the sample
+    equals the one that attends over both rows in full up to rounding, for ≤ 60 % of the query × key work (a
+    32×32 latent: 2 rows of 256 image + 8 text tokens → 256² + 2·256·8 + 2·8·264 of 2·264² products, 53 %)."""
+    from guidekit.nodes import nag_rows
+    if thin.missing(arch):
+        pytest.skip(f"this ComfyUI has no {thin.missing(arch)}")
+    model = thin.build(arch, std=0.1)
+    patched = node.run(model=model, negative=thin.conditioning(arch, seed=5))[0]
+
+    def run() -> tuple[torch.Tensor, int]:
+        with monkeypatch.context() as m:
+            counter = AttentionWork(m)
+            return thin.sample(patched, arch, cfg=1.0, steps=3, height=32, width=32), counter.work
+    split, split_work = run()
+    with monkeypatch.context() as m:
+        m.setattr(nag_rows, "split_joint_attention", lambda *args: None)
+        full, full_work = run()
+    plain = thin.sample(model, arch, cfg=1.0, steps=3, height=32, width=32)
+    tol = rounding_bound(thin, model, arch, 3, full)
+    print(f"{arch}: attention work {split_work}/{full_work}, diff {(split - full).abs().max().item():.2e}, "
+          f"tol {tol:.2e}")
+    assert (full - plain).abs().max().item() > 10 * tol
+    assert (split - full).abs().max().item() <= tol
+    assert split_work <= at_most * full_work
 
 
 def test_the_step_range_is_read_once_per_step(comfy):
