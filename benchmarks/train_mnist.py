@@ -13,6 +13,8 @@ MODEL (defaults measured on 2 CPU cores):
   guidance-classifier  small CNN, clean training digits only (the off-the-shelf guidance net)   <1 min
   sims                 SIMS negative: mnist-main + a rank-8 LoRA fine-tuned (GuideKit SIMS LoRA's own
                        loop) on 2,000 of mnist-main's unguided samples, merged into full weights     ~3 min
+  weak-28, uncond-28,  the same three companions of main-28 (autoguidance's guide, the unconditional
+  sims-28              model of TSG and loss guidance, SIMS's negative) at 32²
 Diffusion models: EPS prediction on SD's discrete schedule through ComfyUI's own BaseModel.apply_model
 (the exact parametrisation sampling uses), loss ‖ε̂ − ε‖², Adam, EMA of weights. The DiT: rectified flow through
 the same apply_model (ModelType.FLOW: x_σ = (1 − σ)·x0 + σ·n, σ logit-normal, loss ‖v̂ − (n − x0)‖²).
@@ -20,6 +22,7 @@ the same apply_model (ModelType.FLOW: x_σ = (1 − σ)·x0 + σ·n, σ logit-no
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from pathlib import Path
@@ -40,6 +43,8 @@ DIFFUSION = {  # name: iterations, label dropout (1.0 = always null), seed, reso
     "weak": (250, 0.15, 1, mnist_data.SIZE, 128, 0.0),
     "uncond": (1500, 1.0, 2, mnist_data.SIZE, 128, 0.0),
     "main-28": (1600, 0.15, 0, mnist_data.NATIVE, 64, 0.1),   # 4× the pixels: half the batch, more updates
+    "weak-28": (270, 0.15, 1, mnist_data.NATIVE, 64, 0.1),     # main-28's companions, as weak / uncond are main's
+    "uncond-28": (1600, 1.0, 2, mnist_data.NATIVE, 64, 0.1),
 }
 # Offset noise (Guttenberg 2023): + offset·n per image, constant over its pixels. SD's schedule stops at σ 14.6, so
 # the sampler's zero-mean start misses the digits' mean (background −1): at 32² the image mean's noise is σ/32, the
@@ -55,6 +60,7 @@ CLASSIFIER = {  # name: iterations, augmentation, use all digits, seed
     "guidance-classifier": (300, False, False, 4),
 }
 SIMS = {"synthetic": 2000, "iterations": 200, "batch": 32, "learning_rate": 1e-3, "rank": 8, "seed": 5}
+SIMS_BASE = {"sims": ("main", mnist_data.SIZE), "sims-28": ("main-28", mnist_data.NATIVE)}  # name: base, resolution
 BATCH = 128
 # what GuideKit Guidance Network Loader needs to build the guidance classifier from the file alone
 LOADER_METADATA = {"guidance-classifier": {"arch": "guidekit:digit-cnn", "normalization": "[0,1]", "input_size": 16}}
@@ -246,23 +252,25 @@ def train_classifier(name: str, iters: int, out: Path, quiet: bool) -> Path:
                         heldout_accuracy=f"{acc:.4f}", **LOADER_METADATA.get(name, {}))
 
 
-def train_sims(iters: int, out: Path, quiet: bool, synthetic: int) -> Path:
+def train_sims(name: str, iters: int, out: Path, quiet: bool, synthetic: int) -> Path:
     """SIMS (Alemohammad et al. 2024): synthesize a set with the base model, fine-tune a LoRA on it, merge."""
     from guidekit.nodes.sims import train_lora
 
     from evidence.comfy_models import comfy, demo_mnist, mnist_patcher
     cfg = {**SIMS, "synthetic": synthetic}
-    base = mnist_patcher(WEIGHTS / "mnist-main.safetensors")
+    base_name, size = SIMS_BASE[name]
+    base_path = WEIGHTS / f"mnist-{base_name}.safetensors"
+    base = mnist_patcher(base_path)
     labels = [i % 10 for i in range(cfg["synthetic"])]
     positive = [[demo_mnist.digit_context(labels), {}]]
     negative = [[demo_mnist.digit_context([demo_mnist.NULL]), {}]]
     t0 = time.monotonic()
-    latent = torch.zeros(cfg["synthetic"], 3, mnist_data.SIZE, mnist_data.SIZE)
+    latent = torch.zeros(cfg["synthetic"], 3, size, size)
     noise = torch.randn(latent.shape, generator=torch.Generator().manual_seed(cfg["seed"]))
     with torch.inference_mode():
         synthetic = comfy.sample.sample(base, noise, 20, 1.0, "euler", "normal", positive, negative, latent,
                                         seed=cfg["seed"], disable_pbar=quiet)
-    print(f"synthetic set: {cfg['synthetic']} unguided samples of mnist-main in {time.monotonic() - t0:.0f} s")
+    print(f"synthetic set: {cfg['synthetic']} unguided samples of mnist-{base_name} in {time.monotonic() - t0:.0f} s")
     bar = progress(iters, "mnist sims LoRA", quiet)
     tuned, _, losses = train_lora(base, synthetic, positive, iters, cfg["batch"], cfg["learning_rate"], cfg["rank"],
                                   cfg["seed"], progress=lambda done, total: bar.update(1))
@@ -274,25 +282,27 @@ def train_sims(iters: int, out: Path, quiet: bool, synthetic: int) -> Path:
         merged[key] = weight.detach().clone().contiguous()
     print(f"final loss {sum(losses[-20:]) / len(losses[-20:]):.4f}")
     return save_weights(out, merged, demo_mnist.KIND, time.monotonic() - t0, mnist_data.load_split().sha256,
-                        model="sims", base="mnist-main", iterations=iters,
+                        model=name, base=f"mnist-{base_name}", iterations=iters,
                         **{k: v for k, v in cfg.items() if k != "iterations"},
-                        unet_config=demo_mnist.MNIST_UNET, prediction="eps", schedule="sd-discrete-linear",
-                        trained_on="mnist-main's own unguided samples (labels i % 10)")
+                        unet_config=json.loads(demo_mnist.read_metadata(base_path)["guidekit.unet_config"]),
+                        prediction="eps", schedule="sd-discrete-linear", resolution=f"{size}x{size}",
+                        trained_on=f"mnist-{base_name}'s own unguided samples (labels i % 10)")
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("model", choices=[*DIFFUSION, *FLOW, *CLASSIFIER, "sims"])
+    parser.add_argument("model", choices=[*DIFFUSION, *FLOW, *CLASSIFIER, *SIMS_BASE])
     parser.add_argument("--iters", type=int, help="training iterations (default: the table above)")
     parser.add_argument("--out", type=Path, help="output .safetensors (default: benchmarks/weights/...)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.add_argument("--max-minutes", type=float, help="diffusion models: stop after this many minutes")
     parser.add_argument("--synthetic", type=int, default=SIMS["synthetic"], help="sims: synthetic set size")
     args = parser.parse_args()
-    out = args.out or (WEIGHTS / "mnist-sims.safetensors" if args.model == "sims" else default_out(args.model))
+    out = args.out or (WEIGHTS / f"mnist-{args.model}.safetensors" if args.model in SIMS_BASE
+                       else default_out(args.model))
     t0 = time.monotonic()
-    if args.model == "sims":
-        path = train_sims(args.iters or SIMS["iterations"], out, args.quiet, args.synthetic)
+    if args.model in SIMS_BASE:
+        path = train_sims(args.model, args.iters or SIMS["iterations"], out, args.quiet, args.synthetic)
     elif args.model in DIFFUSION:
         path = train_diffusion(args.model, args.iters or DIFFUSION[args.model][0], out, args.quiet, args.max_minutes)
     elif args.model in FLOW:
