@@ -40,14 +40,17 @@ from evidence.methods import REGISTRY  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 FULL = {"seeds": (0, 1, 2), "n": {"toy": 4096, "toy-ref": 16384, "mnist": 300, "mnist-uncond": 300, "mnist-28": 300,
-              "mnist-dit": 100},   # the DiT: 100 digits a seed (its 16-setting depth sweep ~35 min on 2 cores)
+              "mnist-uncond-28": 300,
+              "mnist-dit": 100, "mnist-dit-s1": 100},   # the DiTs: 100 digits a seed (a depth sweep ~35 min)
         "steps": None}
 SMOKE = {"seeds": (0, 1), "n": {"toy": 64, "toy-ref": 64, "mnist": 10, "mnist-uncond": 10, "mnist-28": 10,
-                                "mnist-dit": 10},
-         "steps": {"toy": 4, "toy-ref": 4, "mnist": 3, "mnist-uncond": 3, "mnist-28": 3, "mnist-dit": 3}}
+                                "mnist-uncond-28": 10, "mnist-dit": 10, "mnist-dit-s1": 10},
+         "steps": {"toy": 4, "toy-ref": 4, "mnist": 3, "mnist-uncond": 3, "mnist-28": 3, "mnist-uncond-28": 3,
+                   "mnist-dit": 3, "mnist-dit-s1": 3}}
 BASE_LABEL = {"cfg": "CFG", "unguided": "unguided"}
 GRIDS = {"toy": toy_grid, "toy-ref": toy_grid, "mnist": mnist_grid, "mnist-uncond": mnist_grid,
-         "mnist-28": mnist_grid, "mnist-dit": mnist_grid}
+         "mnist-28": mnist_grid, "mnist-uncond-28": mnist_grid, "mnist-dit": mnist_grid,
+         "mnist-dit-s1": mnist_grid}
 
 
 def summarize(values: list[float]) -> dict:
@@ -98,6 +101,8 @@ def run_setting(name: str, methods: list[str], plan: dict, smoke: bool) -> dict:
     base = next((r["seconds_per_run"] for r in rows if r["method"] == time_base), None)
     for r in rows:
         r["time_ratio"] = r["seconds_per_run"] / base if base else None
+    if base is None:
+        time_base = None             # no base row this run (--merge keeps the existing file's)
     return {"sampler": setting.sampler, "scheduler": setting.scheduler, "steps": steps, "samples_per_seed": n,
             "protocol": getattr(setting, "note", ""),
             "seeds": list(plan["seeds"]), "higher_is_better": setting.higher_is_better, "time_base": time_base,
@@ -116,7 +121,7 @@ def markdown(results: dict) -> str:
                   f"{ds['sampler']} {ds['steps']} steps, {ds['scheduler']})", ""]
         if ds.get("protocol"):
             lines += [ds["protocol"], ""]
-        lines += ["| method | " + " | ".join(arrows) + f" | time vs {BASE_LABEL[ds['time_base']]} |",
+        lines += ["| method | " + " | ".join(arrows) + f" | time vs {BASE_LABEL.get(ds['time_base'], '–')} |",
                   "|---|" + "---|" * (len(keys) + 1)]
         ref = ds["reference"]
         lines.append("| *real data* | "
@@ -142,7 +147,8 @@ def merged(old: dict, new: dict, methods: list[str]) -> dict:
                 if r["method"] not in methods and set(r["metrics"]) == set(ds["higher_is_better"])]
         runs = sorted(kept + ds["runs"], key=lambda r: (order.index(r["method"]) if r["method"] in order else 99,
                                                        r["scale"]))
-        out["datasets"][name] = {**old["datasets"].get(name, {}), **ds, "runs": runs}
+        fields = {k: v for k, v in ds.items() if not (k == "time_base" and v is None)}
+        out["datasets"][name] = {**old["datasets"].get(name, {}), **fields, "runs": runs}
     return out
 
 

@@ -81,17 +81,18 @@ def test_quality_smoke_scores_every_registered_method(tmp_path):
     results = json.loads((tmp_path / "quality.json").read_text())
     assert results["meta"]["smoke"] is True
     from evidence.methods import REGISTRY
-    for dataset in ("toy", "toy-ref", "mnist", "mnist-uncond"):
+    for dataset in ("toy", "toy-ref", "mnist", "mnist-uncond", "mnist-uncond-28"):
         ds = results["datasets"][dataset]
+        unconditional = dataset.startswith("mnist-uncond")
         expected = {name for name, m in REGISTRY.items() if dataset in m.scales}
         assert {r["method"] for r in ds["runs"]} == expected
-        assert ({"unguided"} if dataset == "mnist-uncond" else {"unguided", "cfg"}) <= expected
+        assert ({"unguided"} if unconditional else {"unguided", "cfg"}) <= expected
         for run in ds["runs"]:
             for metric, summary in run["metrics"].items():
                 assert len(summary["values"]) == 2 and summary["mean"] == summary["mean"], \
                     (dataset, run["label"], metric)
             assert run["time_ratio"] > 0
-        assert ds["time_base"] == ("unguided" if dataset == "mnist-uncond" else "cfg")
+        assert ds["time_base"] == ("unguided" if unconditional else "cfg")
         assert Image.open(tmp_path / f"quality_{dataset}.png").size[0] > 100
     for dataset in ("toy", "toy-ref"):          # the toy example's four metrics beside ours (issue 22)
         assert {"clamped log p", "median log p", "inside", "sliced W1", "log-likelihood"} <= set(
@@ -107,14 +108,16 @@ def test_training_scripts_run_end_to_end(tmp_path):
         out = run_script(REPO / "benchmarks" / "train_mnist.py", model, "--iters", 2, "--quiet",
                          "--out", tmp_path / f"{model}.safetensors")
         assert out.returncode == 0, out.stderr[-3000:]
-    out = run_script(REPO / "benchmarks" / "train_mnist.py", "sims", "--iters", 2, "--synthetic", 8, "--quiet",
-                     "--out", tmp_path / "sims.safetensors")
-    assert out.returncode == 0, out.stderr[-3000:]
+    for sims in ("sims", "sims-28"):           # the 16×16 model's SIMS negative and the native model's
+        out = run_script(REPO / "benchmarks" / "train_mnist.py", sims, "--iters", 2, "--synthetic", 8, "--quiet",
+                         "--out", tmp_path / f"{sims}.safetensors")
+        assert out.returncode == 0, out.stderr[-3000:]
     out = run_script(REPO / "benchmarks" / "train_toy.py", "--iters", 3, "--quiet", "--out-dir", tmp_path)
     assert out.returncode == 0, out.stderr[-3000:]
     check = ("import sys, pathlib;"
              "from evidence import comfy_models as c; p = pathlib.Path(sys.argv[1]);"
              "c.mnist_patcher(p / 'main.safetensors'); c.mnist_patcher(p / 'sims.safetensors'); "
+             "c.mnist_patcher(p / 'sims-28.safetensors'); "
              "c.toy_patcher(p / 'toy-main.safetensors'); c.toy_patcher(p / 'toy-a-main.safetensors');"
              "c.toy_patcher(p / 'toy-ab-uncond.safetensors');"
              "c.toy_patcher(p / 'toy-weak.safetensors'); print('loaded')")

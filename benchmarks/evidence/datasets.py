@@ -164,9 +164,10 @@ class ToySetting(Setting):
 class MNISTUncondSetting(MNISTSetting):
     """The unconditional MNIST model (always the null token): FD, precision and recall (no labels to check)."""
 
-    def __init__(self):
-        super().__init__(WEIGHTS / "mnist-uncond.safetensors")
-        self.name = "mnist-uncond"
+    def __init__(self, weights: Path = WEIGHTS / "mnist-uncond.safetensors", name: str = "mnist-uncond",
+                 size: int = mnist_data.SIZE):
+        super().__init__(weights, size=size)
+        self.name = name
         self.higher_is_better = {"FD": False, "precision": True, "recall": True}
 
     @staticmethod
@@ -189,12 +190,25 @@ def mnist_native() -> MNISTSetting:
     return MNISTSetting(WEIGHTS / "mnist-main-28.safetensors", name="mnist-28", size=mnist_data.NATIVE)
 
 
+def mnist_uncond_native() -> MNISTUncondSetting:
+    """The native-resolution unconditional model (`mnist-uncond-28`), scored as `mnist-uncond` scores its samples."""
+    return MNISTUncondSetting(WEIGHTS / "mnist-uncond-28.safetensors", "mnist-uncond-28", mnist_data.NATIVE)
+
+
 def mnist_dit() -> MNISTSetting:
     """The DiT (ComfyUI's Qwen-Image transformer, 8 joint-attention blocks on a 16×16 token grid, rectified flow) at
     32×32, scored as `mnist-28` scores its samples. Euler 20 steps on the normal schedule, as every MNIST setting."""
     setting = MNISTSetting(WEIGHTS / "mnist-dit-28.safetensors", name="mnist-dit", size=mnist_data.NATIVE)
     setting.note = ("Model `mnist-dit-28`: Qwen-Image transformer, 8 blocks, width 128, patch 2 (16×16 tokens), "
                     "rectified flow (σ 1 → 0).")
+    return setting
+
+
+def mnist_dit_seed1() -> MNISTSetting:
+    """The same DiT trained from seed 1 for as many iterations (`mnist-dit-28-s1`): whether the per-block PAG
+    sweep of `mnist-dit` holds on a second model of the same recipe."""
+    setting = MNISTSetting(WEIGHTS / "mnist-dit-28-s1.safetensors", name="mnist-dit-s1", size=mnist_data.NATIVE)
+    setting.note = "Model `mnist-dit-28-s1`: `mnist-dit-28`'s recipe and iterations (1,382) from seed 1."
     return setting
 
 
@@ -209,4 +223,5 @@ def toy_reference_protocol() -> ToySetting:
 
 
 SETTINGS = {"toy": toy_main, "toy-ref": toy_reference_protocol, "mnist": MNISTSetting,
-            "mnist-uncond": MNISTUncondSetting, "mnist-28": mnist_native, "mnist-dit": mnist_dit}
+            "mnist-uncond": MNISTUncondSetting, "mnist-28": mnist_native, "mnist-uncond-28": mnist_uncond_native,
+            "mnist-dit": mnist_dit, "mnist-dit-s1": mnist_dit_seed1}

@@ -92,11 +92,11 @@ DIT_SEG_BLOCKS = (0, 4, 7)          # first, middle (the documented default of a
 
 register(Method("unguided", "unguided",
                 {"toy": (1.0,), "toy-ref": (1.0,), "mnist": (1.0,), "mnist-uncond": (1.0,), "mnist-28": (1.0,),
-                 "mnist-dit": (1.0,)},
+                 "mnist-uncond-28": (1.0,), "mnist-dit": (1.0,), "mnist-dit-s1": (1.0,)},
                 lambda m, s, d: (m, 1.0)))
 register(Method("cfg", "CFG {s}", {"toy": (1.5, 2.0, 3.0, 4.0), "toy-ref": (2.0, 4.0),
                                    "mnist": (1.5, 2.0, 3.0, 5.0), "mnist-28": (1.5, 2.0, 3.0),
-                                   "mnist-dit": DIT_CFG},
+                                   "mnist-dit": DIT_CFG, "mnist-dit-s1": (2.0,)},
                 cfg))
 register(Method("cfg-null", "earlier toy-main: CFG {s} (null token)",
                 {"toy": (1.0, 2.0, 4.0), "toy-ref": (1.0, 2.0)},
@@ -119,7 +119,8 @@ def _seg_on(block: int) -> Apply:
 
 for _block in range(DIT_BLOCKS):
     scales = (DIT_PAG_SCALE, 3.0) if _block == DIT_BLOCKS // 2 else (DIT_PAG_SCALE,)
-    register(Method(f"pag-double.{_block}", f"PAG {{s}} on double.{_block}", {"mnist-dit": scales}, _pag_on(_block)))
+    register(Method(f"pag-double.{_block}", f"PAG {{s}} on double.{_block}",
+                    {"mnist-dit": scales, "mnist-dit-s1": (DIT_PAG_SCALE,)}, _pag_on(_block)))
 for _block in DIT_SEG_BLOCKS:
     register(Method(f"seg-double.{_block}", f"SEG {{s}} on double.{_block}", {"mnist-dit": (DIT_SEG_SCALE,)},
                     _seg_on(_block)))
@@ -154,10 +155,12 @@ def icg(model, mode: str, dataset: str):
     return IndependentConditionGuidanceGK.run(model=conditional(model, dataset), mode=mode, pool=pool)[0]
 
 
-WEAK = {"toy": "toy-a-weak", "toy-ref": "toy-a-weak", "mnist": "mnist-weak"}   # the autoguidance guide per setting
+WEAK = {"toy": "toy-a-weak", "toy-ref": "toy-a-weak", "mnist": "mnist-weak",   # the autoguidance guide per setting
+        "mnist-28": "mnist-weak-28"}
+SIMS_NEGATIVE = {"mnist": "mnist-sims", "mnist-28": "mnist-sims-28"}
 
 register(Method("autoguidance", "AG w={s}", {"toy": (2.0, 3.0, 4.0), "toy-ref": (2.0, 3.0, 4.0),
-                                             "mnist": (1.5, 2.0, 2.5, 3.0)},
+                                             "mnist": (1.5, 2.0, 2.5, 3.0), "mnist-28": (1.5, 2.5)},
                 lambda m, s, d: (autoguided(m, trained(WEAK[d]), s), 1.0)))
 register(Method("ag-earlier", "earlier toy-main: AG w={s} (toy-weak)", {"toy": (2.0, 3.0), "toy-ref": (3.0,)},
                 lambda m, s, d: (autoguided(trained("toy-main"), trained("toy-weak"), s), 1.0)))
@@ -169,9 +172,9 @@ register(Method("icg", "ICG gaussian {s}", {"toy": (1.5, 2.0, 3.0), "mnist": (1.
 register(Method("icg-class", "ICG random class {s}", {"toy": (2.0,), "mnist": (2.0, 3.0)},
                 lambda m, s, d: (icg(m, "pool", d), s),
                 {"toy": "earlier toy-main: ICG random class {s}"}))
-register(Method("sims", "SIMS w={s}", {"mnist": (1.5, 2.0, 3.0)},
-                lambda m, s, d: (autoguided(m, trained("mnist-sims"), s), 1.0)))
-register(Method("tsg", "TSG s=8 w={s}", {"mnist-uncond": (1.5, 2.0, 3.0)},
+register(Method("sims", "SIMS w={s}", {"mnist": (1.5, 2.0, 3.0), "mnist-28": (3.0,)},
+                lambda m, s, d: (autoguided(m, trained(SIMS_NEGATIVE[d]), s), 1.0)))
+register(Method("tsg", "TSG s=8 w={s}", {"mnist-uncond": (1.5, 2.0, 3.0), "mnist-uncond-28": (2.0,)},
                 lambda m, s, d: (TimestepGuidanceGK.run(model=m, noise_scale=8.0)[0], s)))
 register(Method("tsg-s4", "TSG s=4 w={s}", {"mnist-uncond": (2.0,)},
                 lambda m, s, d: (TimestepGuidanceGK.run(model=m, noise_scale=4.0)[0], s)))
