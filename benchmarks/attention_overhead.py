@@ -43,6 +43,10 @@ import thin_models  # noqa: E402  (imports ComfyUI in-process, CPU)
 from attention_nodes import BRANCH, core_pag, core_sag, pag, sag, seg  # noqa: E402
 
 UNET = thin_models.UNET_COMMON
+# The host's attention kernel: sub-quadratic on a CPU by default, PyTorch's fused one with
+# GUIDEKIT_PYTORCH_ATTENTION=1 (ComfyUI's --use-pytorch-cross-attention; its default on NVIDIA GPUs).
+ATTENTION = thin_models.comfy.ldm.modules.attention.optimized_attention.__name__
+ARCH_SUFFIX = "@sdpa" if os.environ.get("GUIDEKIT_PYTORCH_ATTENTION") == "1" else ""   # rows apart from the default's
 # Realistic block structure and token counts, widths cut so a CPU step takes seconds, not minutes.
 BENCH_MODELS = {
     "sd15": (thin_models.comfy.supported_models.SD15, {
@@ -317,7 +321,8 @@ def main() -> None:
                     and not (method == "NAG extra rows unshared (cfg 1)" and arch in UNET_ARCHS)
                     and method in chosen_methods(args.methods)}
         for method, (sec, peak, ratios) in measure_interleaved(variants, run, args.steps, args.repeats).items():
-            rows.append({"arch": arch, "params": params, "latent": latent, "method": method,
+            rows.append({"arch": arch + ARCH_SUFFIX, "params": params, "latent": latent, "method": method,
+                         "attention": ATTENTION,
                          "baseline": variants[method][2], "steps": args.steps, "repeats": args.repeats,
                          "step_s": sec, "peak_mb": peak / 2 ** 20,
                          "ratio": statistics.median(ratios), "ratio_min": min(ratios), "ratio_max": max(ratios)})

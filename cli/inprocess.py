@@ -18,7 +18,9 @@ def comfyui_path() -> Path:
 
 
 def import_comfy(cpu: bool = True):
-    """Put ComfyUI on sys.path, switch it to the CPU (unless `cpu` is False), import it, return `comfy`."""
+    """Put ComfyUI on sys.path, switch it to the CPU (unless `cpu` is False), import it, return `comfy`.
+    GUIDEKIT_PYTORCH_ATTENTION=1: ComfyUI's --use-pytorch-cross-attention (PyTorch's fused attention, what
+    ComfyUI picks on NVIDIA GPUs; on the CPU it picks its chunked sub-quadratic attention)."""
     root = str(comfyui_path())
     if root in sys.path:
         sys.path.remove(root)
@@ -27,6 +29,8 @@ def import_comfy(cpu: bool = True):
     comfy.options.enable_args_parsing(False)
     import comfy.cli_args
     comfy.cli_args.args.cpu = cpu or comfy.cli_args.args.cpu
+    if os.environ.get("GUIDEKIT_PYTORCH_ATTENTION") == "1":
+        comfy.cli_args.args.use_pytorch_cross_attention = True
     import comfy.model_management  # noqa: F401  (reads args.cpu at import)
     import comfy.sample  # noqa: F401
     import comfy.sd  # noqa: F401
