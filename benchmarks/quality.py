@@ -16,7 +16,8 @@ applied through the pack's real nodes and sampled with comfy.sample. Writes qual
 and labelled sample grids quality_<dataset>.png to --out (default benchmarks/results/). `--smoke` is
 the seconds-long version CI runs (tiny sample counts, first scale of each method). `--merge` keeps the rows
 of methods not run this time from the existing quality.json (same settings; time ratios of the new rows
-against this run's own CFG row, so include `cfg` — or `unguided` for unconditional models — in --methods).
+against this run's own CFG row, so include `cfg` — or `unguided` for unconditional models — in --methods:
+without the existing rows' base, the new rows' ratios are left out).
 """
 from __future__ import annotations
 
@@ -102,7 +103,7 @@ def run_setting(name: str, methods: list[str], plan: dict, smoke: bool) -> dict:
     for r in rows:
         r["time_ratio"] = r["seconds_per_run"] / base if base else None
     if base is None:
-        time_base = None             # no base row this run (--merge keeps the existing file's)
+        time_base = None             # no base row this run
     return {"sampler": setting.sampler, "scheduler": setting.scheduler, "steps": steps, "samples_per_seed": n,
             "protocol": getattr(setting, "note", ""),
             "seeds": list(plan["seeds"]), "higher_is_better": setting.higher_is_better, "time_base": time_base,
@@ -145,10 +146,13 @@ def merged(old: dict, new: dict, methods: list[str]) -> dict:
         # model changed is re-run whole); the setting's own fields (reference row, counts) are this run's.
         kept = [r for r in old["datasets"].get(name, {}).get("runs", [])
                 if r["method"] not in methods and set(r["metrics"]) == set(ds["higher_is_better"])]
+        old_base = old["datasets"].get(name, {}).get("time_base")
+        if kept and old_base and ds["time_base"] != old_base:
+            # this run's time ratios have another base than the kept rows' (or none): dropped, not mixed
+            ds = {**ds, "time_base": old_base, "runs": [{**r, "time_ratio": None} for r in ds["runs"]]}
         runs = sorted(kept + ds["runs"], key=lambda r: (order.index(r["method"]) if r["method"] in order else 99,
                                                        r["scale"]))
-        fields = {k: v for k, v in ds.items() if not (k == "time_base" and v is None)}
-        out["datasets"][name] = {**old["datasets"].get(name, {}), **fields, "runs": runs}
+        out["datasets"][name] = {**old["datasets"].get(name, {}), **ds, "runs": runs}
     return out
 
 
