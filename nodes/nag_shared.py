@@ -79,16 +79,12 @@ class SharedTokens:
             return None
         same = self.plans.pop(module)
         if same is None:
-            return self.with_negatives(out)
+            return torch.cat([out, out[self.positive_rows]])
         length = same.shape[1]
         head = out[0, :self.kept * length].view(self.kept, length, -1)
         full = torch.cat([head, head[self.positive_rows]])
         full[self.kept:][~same] = out[0, self.kept * length:]
         return full
-
-    def with_negatives(self, out):
-        """A layer's output on the other rows with the negative rows added (the positive rows' outputs)."""
-        return torch.cat([out, out[self.positive_rows]])
 
     @contextlib.contextmanager
     def installed(self, model: torch.nn.Module) -> Iterator[None]:
