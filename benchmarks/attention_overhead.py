@@ -77,6 +77,8 @@ FAMILY_BENCH = {
     "qwen_image": ("qwen_image", {"attention_head_dim": 128, "num_attention_heads": 2, "num_layers": 4,
                                   "axes_dims_rope": (16, 56, 56)},
                    (1, 128, 128)),
+    # Wan with 10 blocks (Wan 1.3B has 30): SAG's map of one layer weighs 1/(2·blocks) of a CFG step's attention
+    "wan_10": ("wan21_t2v", {"dim": 256, "ffn_dim": 1024, "num_heads": 2, "num_layers": 10}, (9, 60, 104)),
     # 16 blocks: what is per layer (SAG's attention map of one layer) weighs as in a deeper model
     "qwen_image_16": ("qwen_image", {"attention_head_dim": 128, "num_attention_heads": 2, "num_layers": 16,
                                      "axes_dims_rope": (16, 56, 56)}, (1, 128, 128)),
@@ -86,7 +88,7 @@ FAMILY_BENCH = {
                                        "axes_dims_rope": (16, 56, 56)}, (1, 128, 128)),
 }
 FAMILY_TOKENS = {"qwen_image_wide": 128}          # text tokens per prompt (8 where not listed)
-ON_REQUEST = {"sd15_full", "qwen_image_wide"}      # minutes per step on a 2-core CPU: only with --archs
+ON_REQUEST = {"sd15_full", "qwen_image_wide", "wan_10"}      # minutes per step on a 2-core CPU: only with --archs
 
 def _tpg(m, neg):
     return TokenPerturbationGuidanceGK.execute(m, scale=3.0, **BRANCH).result[0]

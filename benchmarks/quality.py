@@ -17,7 +17,8 @@ and labelled sample grids quality_<dataset>.png to --out (default benchmarks/res
 the seconds-long version CI runs (tiny sample counts, first scale of each method). `--merge` keeps the rows
 of methods not run this time from the existing quality.json (same settings; time ratios of the new rows
 against this run's own CFG row, so include `cfg` — or `unguided` for unconditional models — in --methods:
-without the existing rows' base, the new rows' ratios are left out).
+without the existing rows' base, the new rows' ratios are left out; the existing grids stay, this run's rows are
+drawn in quality_<dataset>_merged.png).
 """
 from __future__ import annotations
 
@@ -183,8 +184,9 @@ def main() -> int:
     (args.out / "quality.json").write_text(json.dumps(results, indent=1))
     table = markdown(results)
     (args.out / "quality.md").write_text(table)
-    for name, grid in grids.items():
-        GRIDS[name](grid, args.out / f"quality_{name}.png")
+    for name, grid in grids.items():     # a merge keeps the full run's grid and draws this run's rows beside it
+        path = args.out / f"quality_{name}.png"
+        GRIDS[name](grid, path.with_name(f"quality_{name}_merged.png") if args.merge and path.exists() else path)
     print(table)
     print(f"wrote {args.out / 'quality.json'}, quality.md and the grids in {time.monotonic() - t0:.0f} s")
     return 0

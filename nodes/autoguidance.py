@@ -17,7 +17,7 @@ from .attention_hooks import image_grid, install
 from .base import GuideKitNode
 from .common import LAYERS_TOOLTIP, range_inputs, sigma_override_inputs
 from .dual_model import WeakModel
-from .layers import architecture, parse_layers
+from .layers import architecture, is_default, parse_layers
 from .pag import identity_perturbation
 from .seg import blurred_queries
 
@@ -132,7 +132,7 @@ class DegradedModelGK(GuideKitNode):
             raise ValueError(f"{DEGRADE_NODE}: input 'degradation' = {degradation!r}; "
                              f"choose one of {list(DEGRADATIONS)}")
         arch = architecture(model, DEGRADE_NODE)
-        chosen = parse_layers(layers, arch, DEGRADE_NODE)
+        chosen = parse_layers(arch.default_block if is_default(layers) else layers, arch, DEGRADE_NODE)
         perturb = DEGRADATIONS[degradation](blur_sigma)
         token = object()
 

@@ -54,10 +54,10 @@ PER_PATCH = ("pixel",)         # places whose blocks run per latent patch, not p
 
 
 def default_block(arch: Architecture) -> str:
-    """The middle block of the stack among blocks that hold per-image token streams."""
+    """The reference's layer, else the middle block of the stack among blocks that hold per-image token streams."""
     from .layers import format_layers
     layers = [layer for layer in arch.layers if layer[0] not in PER_PATCH]
-    return format_layers([layers[len(layers) // 2]]) if layers != list(arch.layers) else arch.default_layers
+    return format_layers([layers[len(layers) // 2]]) if layers != list(arch.layers) else arch.default_block
 
 
 def install_blocks(model_options: dict, arch: Architecture, layers, token: object, perturbation: BlockPerturbation,

@@ -51,14 +51,16 @@ class Architecture:
     model_type: str             # class name, for messages
     layers: tuple[Layer, ...]   # every self-attention layer, in forward order
     patch: tuple[int, int, int]  # latent (frames, height, width) per token ((1, 1, 1) for UNets)
-    default_layers: str         # the paper's choice (UNet: mid block) or our documented DiT choice
-    default_sag_layer: str
+    default_layers: str         # PAG's default: the paper's or reference's layers (UNet: mid block), else the
+                                # middle third of the stack (measured on our DiTs: docs/evidence.md)
+    default_sag_layer: str      # the middle layer
     image_first: bool = False   # joint attention holds the image tokens before the text
     image_pad: int = 0          # the image tokens are padded to a multiple of this (0: not padded)
     dit_keys: tuple[tuple[str, str], ...] = ()   # place → patches_replace["dit"] key: GuideKit labels blocks
     wrapped: tuple[tuple[str, str], ...] = ()    # (place, block list) GuideKit labels by wrapping for one call
     refs_after: RefsUsed | None = None   # (model, call kwargs) → the call's reference latents follow the image
     text_cross: TextCrossAttention | None = None   # the text enters only through cross-attention (NAG's keys)
+    default_block: str = ""     # the reference's layers, else the middle block: SEG's, Degraded Model's default
 
     @property
     def patch_size(self) -> int:
@@ -89,7 +91,7 @@ class Family:
     text_cross: TextCrossAttention | None = None   # the text enters only through each block's cross-attention
                                                 # (NAG computes the negative's keys there; None: extra rows)
     default: str = ""                           # the reference implementation's layer where one exists (else
-                                                # the middle block of the stack)
+                                                # PAG: the middle third of the stack; other nodes: the middle block)
 
 
 # OmniGen2 and Boogu: time_caption_embed returns (time_embed, caption_embed); its timestep_embedder's output is
@@ -212,21 +214,32 @@ def architecture_of(dm, node: str) -> Architecture:
     if family is not None and family.id == "unet":
         layers = unet_self_attention(dm)
         if layers:
-            return Architecture("unet", name, tuple(layers), (1, 1, 1), "middle", "middle.0.0")
+            return Architecture("unet", name, tuple(layers), (1, 1, 1), "middle", "middle.0.0", default_block="middle")
     elif family is not None:
         layers = [(place, i) for place, attr in family.stacks for i in range(len(getattr(dm, attr)))]
         middle = format_layers([layers[len(layers) // 2]])
-        preset = family.default if _names_a_layer(family.default, layers) else middle
+        reference = family.default if _names_a_layer(family.default, layers) else ""
         image = family.image(dm) if callable(family.image) else family.image
         pad = int(getattr(dm, family.image_pad, None) or 0) if family.image_pad else 0
         patch = family.patch(dm) if callable(family.patch) else family.patch or _patch(dm)
-        return Architecture(family.id, name, tuple(layers), patch, preset, middle,
+        return Architecture(family.id, name, tuple(layers), patch, reference or middle_third(layers), middle,
                             image == "first", pad, family.dit_keys, family.stacks if family.wrap else (),
-                            family.refs_after, family.text_cross)
+                            family.refs_after, family.text_cross, reference or middle)
     supported = ", ".join(f.name for f in FAMILIES)
     why = f" ({UNREACHABLE[name][0]}: {UNREACHABLE[name][1]})" if name in UNREACHABLE else ""
     raise ValueError(f"{node}: this model ({name}) has no self-attention GuideKit can reach{why}. "
                      f"Supported: {supported}.")
+
+
+def middle_third(layers: list[Layer]) -> str:
+    """PAG's preset where no reference names a layer: a third of the stack (at least one layer) around its middle.
+
+    On two trained DiTs of one recipe no single block helped both but one, and the middle block hurt one (+56 FD)
+    while the middle third helped it (−55) and left the other as it was (−1): docs/evidence.md, issue 20.
+    """
+    count = max(1, round(len(layers) / 3))
+    start = (len(layers) - count + 1) // 2
+    return format_layers(layers[start:start + count])
 
 
 def _names_a_layer(text: str, layers: list[Layer]) -> bool:
@@ -254,14 +267,17 @@ def _span(lo: str | None, hi: str | None) -> range | None:
     return range(min(a, b), max(a, b) + 1)
 
 
+def is_default(text: str) -> bool:
+    """Whether a layers widget asks for the node's default (empty or 'default')."""
+    return text.strip().lower() in ("", "default")
+
+
 def parse_layers(text: str, arch: Architecture, node: str, input_name: str = "layers") -> tuple[Layer, ...]:
     """The layers a layer list names, in forward order; empty or "default" gives the preset, "all" every layer.
 
     Each item must name at least one existing layer, else the error lists the model's valid layers.
     """
-    text = text.strip().lower()
-    if text in ("", "default"):
-        text = arch.default_layers
+    text = arch.default_layers if is_default(text) else text.strip().lower()
     if text == "all":
         return tuple(arch.layers)
     chosen: set[Layer] = set()

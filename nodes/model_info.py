@@ -19,7 +19,7 @@ import torch
 from safetensors import safe_open
 
 from . import files
-from .layers import Architecture, architecture_of, format_layers, parse_layers
+from .layers import Architecture, architecture_of, format_layers, is_default, parse_layers
 from .registrar import sigma_range_of
 
 NODE = "GuideKit model info"
@@ -46,13 +46,15 @@ class ModelDescription:
     arch: Architecture | None = None
 
     def node_defaults(self) -> dict[str, str]:
-        """What 'default' means in each node whose default is its own (TPG, STG: the references'; NAG: all)."""
+        """What 'default' means in each node whose default is not PAG's (TPG, STG: the references'; NAG: all; SEG,
+        Degraded Model: the reference's layer or the middle block)."""
         if self.arch is None:
             return {}
         from .stg import default_layers as stg_default
         from .tpg import default_layers as tpg_default
         return {"GuideKitTPG": tpg_default(self.arch), "GuideKitSTG": stg_default(self.arch),
-                "GuideKitNAG": format_layers(self.arch.layers)}
+                "GuideKitNAG": format_layers(self.arch.layers), "GuideKitSEG": self.arch.default_block,
+                "GuideKitDegradedModel": self.arch.default_block}
 
     def to_json(self) -> dict:
         return {"family": self.family, "model_type": self.model_type, "layers": list(self.layers),
@@ -65,7 +67,7 @@ class ModelDescription:
         (a node id) says whose 'default' it is."""
         if self.arch is None:
             return {"selected": [], "selected_error": f"{self.model_type} has no self-attention GuideKit can reach"}
-        if text.strip().lower() in ("", "default") and node in self.node_defaults():
+        if is_default(text) and node in self.node_defaults():
             text = self.node_defaults()[node]
         try:
             chosen = parse_layers(text, self.arch, "layers")

@@ -33,7 +33,7 @@ from .attention_hooks import GRID, _rows, image_grid, label_blocks
 from .base import GuideKitNode
 from .block_hooks import layer_modules
 from .common import range_inputs, sigma_override_inputs
-from .layers import Architecture, Layer, architecture, parse_layers
+from .layers import Architecture, Layer, architecture, is_default, parse_layers
 from .nag_keys import KEYS, KeysAttention, NegativeKeys
 from .nag_rows import PAIRS, DiTAttention, NegativeRows
 from .nag_settings import NODE, Settings
@@ -132,7 +132,7 @@ def patch(model, negative: list, scale: float, tau: float, alpha: float, layers:
           end_percent: float, sigma_start: float = -1.0, sigma_end: float = -1.0):
     """The node's whole execute: a clone with NAG on `layers` (all cross/joint-attention blocks by default)."""
     arch = architecture(model, NODE)
-    chosen = parse_layers("all" if layers.strip().lower() in ("", "default") else layers, arch, NODE)
+    chosen = parse_layers("all" if is_default(layers) else layers, arch, NODE)
     settings = Settings(scale, tau, alpha, registrar.sigma_range(model, NODE, start_percent, end_percent,
                                                                  sigma_start, sigma_end))
     m = model.clone()

@@ -12,7 +12,7 @@ from . import registrar
 from .attention_hooks import image_grid, install
 from .base import GuideKitNode
 from .common import CATEGORY, range_inputs, sigma_override_inputs
-from .layers import Architecture, Layer, architecture, format_layers, parse_layers
+from .layers import Architecture, Layer, architecture, format_layers, is_default, parse_layers
 
 NODE = "GuideKit SAG"
 
@@ -98,7 +98,7 @@ class SelfAttentionGuidanceGK(GuideKitNode):
     def execute(cls, model, scale, blur_sigma, layer, threshold, start_percent, end_percent,
                 sigma_start=-1.0, sigma_end=-1.0) -> io.NodeOutput:
         arch = architecture(model, NODE)
-        text = arch.default_sag_layer if layer.strip().lower() in ("", "default") else layer
+        text = arch.default_sag_layer if is_default(layer) else layer
         chosen = parse_layers(text, arch, NODE, "layer")
         if len(chosen) != 1:
             raise ValueError(f"{NODE}: input 'layer' must name exactly one layer, {layer!r} names "

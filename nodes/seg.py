@@ -7,6 +7,7 @@ from ..guidance.seg import blur_image_queries
 from .base import GuideKitNode
 from .branch import patch_with_branch
 from .common import CATEGORY, LAYERS_TOOLTIP, REPLACE_UNCOND_COST, branch_inputs, range_inputs, sigma_override_inputs
+from .layers import architecture, is_default
 
 NODE = "GuideKit SEG"
 
@@ -54,6 +55,8 @@ class SmoothedEnergyGuidanceGK(GuideKitNode):
     @classmethod
     def execute(cls, model, scale, blur_sigma, layers, start_percent, end_percent, rescale, mode, evaluation,
                 sigma_start=-1.0, sigma_end=-1.0, temporal_blur_sigma=0.0) -> io.NodeOutput:
+        if is_default(layers):       # the middle block: SEG on the middle third over-blurs (docs/evidence.md)
+            layers = architecture(model, NODE).default_block
         perturbation = blurred_queries(blur_sigma, temporal_blur_sigma)
         return io.NodeOutput(patch_with_branch(model, NODE, perturbation, scale, layers, start_percent, end_percent,
                                                rescale, mode, evaluation, sigma_start, sigma_end))

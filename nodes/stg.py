@@ -7,7 +7,7 @@ from .base import GuideKitNode
 from .block_hooks import BlockPerturbation, default_block
 from .branch import patch_with_branch
 from .common import CATEGORY, REPLACE_UNCOND_COST, branch_inputs, range_inputs, sigma_override_inputs
-from .layers import Architecture, architecture, format_layers
+from .layers import Architecture, architecture, format_layers, is_default
 from .pag import identity_perturbation
 
 NODE = "GuideKit STG"
@@ -59,7 +59,7 @@ class SpatiotemporalSkipGuidanceGK(GuideKitNode):
     @classmethod
     def execute(cls, model, scale, skip, layers, start_percent, end_percent, rescale, mode, evaluation,
                 sigma_start=-1.0, sigma_end=-1.0) -> io.NodeOutput:
-        if layers.strip().lower() in ("", "default"):
+        if is_default(layers):
             layers = default_layers(architecture(model, NODE))
         perturbation = SKIP_BLOCK if skip == SKIPS[0] else identity_perturbation
         return io.NodeOutput(patch_with_branch(model, NODE, perturbation, scale, layers, start_percent, end_percent,

@@ -8,7 +8,7 @@ from .base import GuideKitNode
 from .block_hooks import BlockPerturbation, default_block
 from .branch import patch_with_branch
 from .common import CATEGORY, REPLACE_UNCOND_COST, branch_inputs, range_inputs, sigma_override_inputs
-from .layers import Architecture, architecture, format_layers
+from .layers import Architecture, architecture, format_layers, is_default
 
 NODE = "GuideKit TPG"
 SHUFFLE = BlockPerturbation("TPG", before=lambda tokens, grid, gen: shuffle_tokens(tokens, gen))
@@ -55,7 +55,7 @@ class TokenPerturbationGuidanceGK(GuideKitNode):
     @classmethod
     def execute(cls, model, scale, layers, start_percent, end_percent, rescale, mode, evaluation,
                 sigma_start=-1.0, sigma_end=-1.0) -> io.NodeOutput:
-        if layers.strip().lower() in ("", "default"):
+        if is_default(layers):
             layers = default_layers(architecture(model, NODE))
         return io.NodeOutput(patch_with_branch(model, NODE, SHUFFLE, scale, layers, start_percent, end_percent,
                                                rescale, mode, evaluation, sigma_start, sigma_end))

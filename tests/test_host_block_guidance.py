@@ -172,12 +172,13 @@ def test_stg_and_tpg_defaults_follow_the_references(thin, built):
     ltxv = Architecture("ltxv", "LTXVModel", tuple(("block", i) for i in range(28)), (1, 1, 1), "block.14", "block.14")
     assert stg_default(ltxv) == "block.19"
     wan = architecture(built("wan21_t2v"), "test")
-    assert stg_default(wan) == wan.default_layers == "block.1"      # no official Wan block: the middle one
+    assert stg_default(wan) == wan.default_block == "block.1"       # no official Wan block: the middle one
     assert stg_default(architecture(built("ltxv"), "test")) == "block.1"   # a 2-block LTXV has no block 19
 
 
 def test_layer_picker_knows_each_nodes_default(thin, built):
-    """GET /guidekit/model: 'default' in a TPG / STG / NAG widget selects that node's default, not PAG's."""
+    """GET /guidekit/model: 'default' in a TPG / STG / NAG / SEG / Degraded Model widget selects that node's
+    default, not PAG's."""
     from guidekit.nodes.layers import architecture, format_layers, parse_layers
     from guidekit.nodes.model_info import describe_module
     from guidekit.nodes.stg import default_layers as stg_default
@@ -193,5 +194,7 @@ def test_layer_picker_knows_each_nodes_default(thin, built):
         assert described.selection("default", "GuideKitTPG")["selected_text"] == text(tpg_default(arch))
         assert described.selection("default", "GuideKitSTG")["selected_text"] == text(stg_default(arch))
         assert described.selection("default")["selected_text"] == text(arch.default_layers)
+        for node in ("GuideKitSEG", "GuideKitDegradedModel"):
+            assert described.selection("default", node)["selected_text"] == text(arch.default_block)
         assert described.to_json()["node_defaults"]["GuideKitTPG"] == tpg_default(arch)
     assert tpg_default(architecture(built("sd15"), "t")) != architecture(built("sd15"), "t").default_layers
