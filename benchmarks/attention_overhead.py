@@ -347,15 +347,21 @@ def report(rows: list[dict], args, benchmark: str, **meta) -> None:
         print("quick run: results not written")
         return
     methods = getattr(args, "methods", None)
+    header = {"steps_per_run": args.steps, "repeats": args.repeats}   # of the rows that do not carry their own
+    for r in rows:
+        r.setdefault("steps", args.steps)
+        r.setdefault("repeats", args.repeats)
     if (getattr(args, "archs", None) or methods) and args.out.is_file():     # a partial run keeps the other rows
+        old = json.loads(args.out.read_text())
+        header = {key: old.get(key, value) for key, value in header.items()}
         ran_archs, ran = {r["arch"] for r in rows}, {(r["arch"], r["method"]) for r in rows}
-        rows = [r for r in json.loads(args.out.read_text())["rows"]
+        rows = [r for r in old["rows"]
                 if r["arch"] not in ran_archs or (methods and (r["arch"], r["method"]) not in ran)] + rows
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({
         "benchmark": benchmark, "device": "cpu", "threads": torch.get_num_threads(),
         "machine": platform.processor() or platform.machine(), "torch": torch.__version__, "sampler": "euler",
-        "scheduler": "normal", **meta, "steps_per_run": args.steps, "repeats": args.repeats,
+        "scheduler": "normal", **meta, **header,
         "peak_memory": "max over repeats of process RSS growth during sampling (sampled every 2 ms)",
         "rows": rows}, indent=1) + "\n")
     print(f"wrote {args.out}")
