@@ -42,17 +42,17 @@ from evidence.methods import REGISTRY  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 FULL = {"seeds": (0, 1, 2), "n": {"toy": 4096, "toy-ref": 16384, "mnist": 300, "mnist-uncond": 300, "mnist-28": 300,
-              "mnist-uncond-28": 300,
-              "mnist-dit": 100, "mnist-dit-s1": 100},   # the DiTs: 100 digits a seed (a depth sweep ~35 min)
+              "mnist-uncond-28": 300,   # the DiTs: 100 digits a seed (a depth sweep ~35 min)
+              "mnist-dit": 100, "mnist-dit-s1": 100, "mnist-dit-s2": 100},
         "steps": None}
 SMOKE = {"seeds": (0, 1), "n": {"toy": 64, "toy-ref": 64, "mnist": 10, "mnist-uncond": 10, "mnist-28": 10,
-                                "mnist-uncond-28": 10, "mnist-dit": 10, "mnist-dit-s1": 10},
+                                "mnist-uncond-28": 10, "mnist-dit": 10, "mnist-dit-s1": 10, "mnist-dit-s2": 10},
          "steps": {"toy": 4, "toy-ref": 4, "mnist": 3, "mnist-uncond": 3, "mnist-28": 3, "mnist-uncond-28": 3,
-                   "mnist-dit": 3, "mnist-dit-s1": 3}}
+                   "mnist-dit": 3, "mnist-dit-s1": 3, "mnist-dit-s2": 3}}
 BASE_LABEL = {"cfg": "CFG", "unguided": "unguided"}
 GRIDS = {"toy": toy_grid, "toy-ref": toy_grid, "mnist": mnist_grid, "mnist-uncond": mnist_grid,
          "mnist-28": mnist_grid, "mnist-uncond-28": mnist_grid, "mnist-dit": mnist_grid,
-         "mnist-dit-s1": mnist_grid}
+         "mnist-dit-s1": mnist_grid, "mnist-dit-s2": mnist_grid}
 
 
 def summarize(values: list[float]) -> dict:

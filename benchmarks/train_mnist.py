@@ -7,7 +7,8 @@ MODEL (defaults measured on 2 CPU cores):
   main-28              the same, native 28×28 padded to 32² (attention at 16² and 8²), batch 64 ~21 min
   dit-28               class-conditional DiT: ComfyUI's Qwen-Image transformer (8 joint-attention blocks),
                        32² pixels in 2×2 patches, rectified flow, 15 % null-label dropout          ~25 min
-  dit-28-s1            the same DiT from seed 1 (issue 20: does the best block hold across seeds?)   ~22 min
+  dit-28-s1, dit-28-s2 the same DiT from seeds 1 and 2 (issue 20: do the best block and the preset hold
+                       across seeds?)                                                           ~20 min each
   weak                 the same network trained 1/6 as long: the guiding model of autoguidance  ~2 min
   uncond               the same network, always the null token (unconditional model)            ~14 min
   eval-classifier      CNN on all 10,000 digits with random affine augmentation (metrics only)  ~1 min
@@ -54,6 +55,7 @@ DIFFUSION = {  # name: iterations, label dropout (1.0 = always null), seed, reso
 FLOW = {  # DiT name: iterations, label dropout, seed, batch, learning rate, logit-normal σ (mean, std)
     "dit-28": (3000, 0.15, 0, 32, 1e-3, (0.0, 1.0)),
     "dit-28-s1": (1382, 0.15, 1, 32, 1e-3, (0.0, 1.0)),   # a second seed, dit-28's iterations (its 22-min budget)
+    "dit-28-s2": (1382, 0.15, 2, 32, 1e-3, (0.0, 1.0)),   # a third: does the measured preset hold on it?
 }
 # Rectified flow starts sampling at σ = 1, pure noise (no σ_max short of it as SD's schedule), so the image mean
 # needs no offset noise.

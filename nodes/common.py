@@ -14,9 +14,9 @@ LAYERS_TOOLTIP = ("Self-attention layers to perturb, comma-separated: place[.ids
                   "e.g. 'middle', 'output.0-2', 'input.4.1'. Flux/Chroma, HunyuanVideo, AuraFlow: "
                   "'double.3, single.0-5'. SD3: 'joint.1'. Qwen-Image, Lumina 2 / Z-Image, OmniGen2: 'double.15'. "
                   "Wan, LTX-Video, Mochi, Cosmos: 'block.15'. 'default' = the mid block on UNets (the paper's), "
-                  "joint.1 on SD3 (diffusers' SD3 pipeline); on other DiTs PAG's is the middle third of the stack "
-                  "(measured on our DiTs), SEG's and Degraded Model's the middle block. A wrong name lists this "
-                  "model's layers in the error.")
+                  "joint.1 on SD3 (diffusers' SD3 pipeline); on other DiTs PAG's is the block at 5/8 of the "
+                  "depth (measured on our DiTs), SEG's and Degraded Model's the middle block. A wrong name lists "
+                  "this model's layers in the error.")
 
 
 def range_inputs() -> list:

@@ -158,14 +158,14 @@ class MNISTDemoLoader(GuideKitNode):
             node_id="GuideKitMNISTLoader", display_name=LOADER_NODE, category=CATEGORY,
             description="Loads GuideKit's own class-conditional MNIST diffusion model (pixel space, trained on CPU "
                         "by benchmarks/train_mnist.py) and the pixel-space VAE. Use with "
-                        "EmptyChromaRadianceLatentImage (32×32 for the files named -28 and -28-s1: the native "
+                        "EmptyChromaRadianceLatentImage (32×32 for the files named -28, -28-s1 and -28-s2: the native "
                         "28×28 digits padded; 16×16 for the others) and GuideKit MNIST Digits.",
             inputs=[io.Combo.Input("weights", options=weight_files() or [DEFAULT_WEIGHTS],
                                    tooltip="A weights file from the pack's benchmarks/weights folder: "
                                            "mnist-main-28 (default), its companions mnist-weak-28 / -uncond-28 / "
-                                           "-sims-28 and the DiTs mnist-dit-28 / -28-s1 (Qwen-Image architecture) "
-                                           "take 32×32 latents; mnist-main and its mnist-weak / -uncond / -sims "
-                                           "take 16×16.")],
+                                           "-sims-28 and the DiTs mnist-dit-28 / -28-s1 / -28-s2 (Qwen-Image "
+                                           "architecture) take 32×32 latents; mnist-main and its mnist-weak / "
+                                           "-uncond / -sims take 16×16.")],
             outputs=[io.Model.Output(tooltip="The MNIST diffusion model."),
                      io.Vae.Output(tooltip="The pixel-space VAE (grey digits as RGB).")],
         )

@@ -52,7 +52,7 @@ class Architecture:
     layers: tuple[Layer, ...]   # every self-attention layer, in forward order
     patch: tuple[int, int, int]  # latent (frames, height, width) per token ((1, 1, 1) for UNets)
     default_layers: str         # PAG's default: the paper's or reference's layers (UNet: mid block), else the
-                                # middle third of the stack (measured on our DiTs: docs/evidence.md)
+                                # block at 5/8 of the depth (measured on our DiTs: docs/evidence.md)
     default_sag_layer: str      # the middle layer
     image_first: bool = False   # joint attention holds the image tokens before the text
     image_pad: int = 0          # the image tokens are padded to a multiple of this (0: not padded)
@@ -91,7 +91,7 @@ class Family:
     text_cross: TextCrossAttention | None = None   # the text enters only through each block's cross-attention
                                                 # (NAG computes the negative's keys there; None: extra rows)
     default: str = ""                           # the reference implementation's layer where one exists (else
-                                                # PAG: the middle third of the stack; other nodes: the middle block)
+                                                # PAG: the block at 5/8 of the depth; other nodes: the middle block)
 
 
 # OmniGen2 and Boogu: time_caption_embed returns (time_embed, caption_embed); its timestep_embedder's output is
@@ -222,7 +222,7 @@ def architecture_of(dm, node: str) -> Architecture:
         image = family.image(dm) if callable(family.image) else family.image
         pad = int(getattr(dm, family.image_pad, None) or 0) if family.image_pad else 0
         patch = family.patch(dm) if callable(family.patch) else family.patch or _patch(dm)
-        return Architecture(family.id, name, tuple(layers), patch, reference or middle_third(layers), middle,
+        return Architecture(family.id, name, tuple(layers), patch, reference or five_eighths_deep(layers), middle,
                             image == "first", pad, family.dit_keys, family.stacks if family.wrap else (),
                             family.refs_after, family.text_cross, reference or middle)
     supported = ", ".join(f.name for f in FAMILIES)
@@ -231,15 +231,14 @@ def architecture_of(dm, node: str) -> Architecture:
                      f"Supported: {supported}.")
 
 
-def middle_third(layers: list[Layer]) -> str:
-    """PAG's preset where no reference names a layer: a third of the stack (at least one layer) around its middle.
+def five_eighths_deep(layers: list[Layer]) -> str:
+    """PAG's preset where no reference names a layer: the block at 5/8 of the stack's depth (the middle one on
+    models of up to 4 blocks).
 
-    On two trained DiTs of one recipe no single block helped both but one, and the middle block hurt one (+56 FD)
-    while the middle third helped it (−55) and left the other as it was (−1): docs/evidence.md, issue 20.
+    On three DiTs trained from one recipe it was the one choice that helped all three (FD −57 / −57 / −77); the
+    middle block helped two and hurt one, the middle third hurt one badly (+298): docs/evidence.md, issue 20.
     """
-    count = max(1, round(len(layers) / 3))
-    start = (len(layers) - count + 1) // 2
-    return format_layers(layers[start:start + count])
+    return format_layers([layers[len(layers) * 5 // 8]])
 
 
 def _names_a_layer(text: str, layers: list[Layer]) -> bool:

@@ -55,7 +55,7 @@ class SmoothedEnergyGuidanceGK(GuideKitNode):
     @classmethod
     def execute(cls, model, scale, blur_sigma, layers, start_percent, end_percent, rescale, mode, evaluation,
                 sigma_start=-1.0, sigma_end=-1.0, temporal_blur_sigma=0.0) -> io.NodeOutput:
-        if is_default(layers):       # the middle block: SEG on the middle third over-blurs (docs/evidence.md)
+        if is_default(layers):       # the middle block, not PAG's measured block (docs/evidence.md: DiT presets)
             layers = architecture(model, NODE).default_block
         perturbation = blurred_queries(blur_sigma, temporal_blur_sigma)
         return io.NodeOutput(patch_with_branch(model, NODE, perturbation, scale, layers, start_percent, end_percent,

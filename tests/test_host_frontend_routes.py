@@ -53,7 +53,7 @@ def test_real_size_flux_described_from_its_state_dict(info, comfy, thin):
     described = model_info.describe_state_dict(sd, {}, "model.diffusion_model.", "flux")
     assert described.family == "flux"
     assert described.layers == ("double.0", "double.1", "double.2", "single.0", "single.1", "single.2", "single.3")
-    assert described.default_layers == "single.0-1"          # PAG: the middle third of 7 layers (docs/methods.md)
+    assert described.default_layers == "single.1"            # PAG: the layer at 5/8 of 7 (docs/methods.md)
     assert described.to_json()["node_defaults"]["GuideKitSEG"] == "single.0"     # SEG: the middle layer
     assert described.model_sampling.__class__.__name__ == model.model_sampling.__class__.__name__
 

@@ -37,23 +37,21 @@ def test_every_layer_list_the_error_prints_reads_back(archs, arch):
 
 
 @pytest.mark.parametrize("stacks, expected", [
-    ((("double", 8),), "double.3-5"),                   # the MNIST DiT: the span measured in docs/evidence.md
+    ((("double", 8),), "double.5"),                     # the MNIST DiTs: the block measured in docs/evidence.md
     ((("block", 2),), "block.1"),                       # thin models: the middle block, as before
-    ((("block", 30),), "block.10-19"),                  # Wan 2.1 1.3B
-    ((("double", 60),), "double.20-39"),                # Qwen-Image
-    ((("double", 19), ("single", 38)), "single.0-18"),  # Flux dev: the first half of the single blocks
+    ((("block", 30),), "block.18"),                     # Wan 2.1 1.3B
+    ((("double", 60),), "double.37"),                   # Qwen-Image
+    ((("double", 19), ("single", 38)), "single.16"),    # Flux dev: layer 35 of 57
     ((("block", 1),), "block.0"),
 ])
-def test_pag_preset_without_a_reference_is_the_middle_third(stacks, expected):
-    from guidekit.nodes.layers import middle_third
-    assert middle_third([(place, i) for place, n in stacks for i in range(n)]) == expected
+def test_pag_preset_without_a_reference_is_the_block_at_five_eighths(stacks, expected):
+    from guidekit.nodes.layers import five_eighths_deep
+    assert five_eighths_deep([(place, i) for place, n in stacks for i in range(n)]) == expected
 
 
-def test_middle_third_is_a_third_around_the_middle_at_every_depth():
-    from guidekit.nodes.layers import middle_third
+def test_five_eighths_is_one_block_past_the_middle_and_the_middle_on_small_models():
+    from guidekit.nodes.layers import five_eighths_deep
     for n in range(1, 121):
-        text = middle_third([("block", i) for i in range(n)])
-        first, _, last = text.removeprefix("block.").partition("-")
-        chosen = range(int(first), int(last or first) + 1)
-        assert len(chosen) == max(1, round(n / 3)) and n // 2 in chosen, (n, text)
-        assert abs((chosen[0]) - (n - 1 - chosen[-1])) <= 1, (n, text)      # centred to within one block
+        index = int(five_eighths_deep([("block", i) for i in range(n)]).removeprefix("block."))
+        assert n // 2 <= index < n and abs(index - 5 * n / 8) < 1, (n, index)
+        assert n > 4 or index == n // 2, (n, index)          # thin models keep the middle block

@@ -28,7 +28,7 @@ def test_dit_loads_through_the_demo_loader_as_qwen_image_with_8_blocks(comfy):
     assert model.model.model_sampling.sigma_max.item() == 1.0          # rectified flow: σ = timestep in [0, 1]
     arch = layers.architecture(model, "test")
     assert arch.family == "qwen_image" and arch.layers == tuple(("double", i) for i in range(8))
-    assert arch.default_layers == "double.3-5"          # PAG: the middle third (no published layer; measured)
+    assert arch.default_layers == "double.5"            # PAG: the block at 5/8 of the depth (measured)
     assert arch.default_block == arch.default_sag_layer == "double.4"   # SEG, SAG, Degraded Model: the middle block
     assert image_grid(arch, torch.Size((1, 3, 32, 32))) == (1, 16, 16)
     assert model_info.describe("guidekit_mnist", NAME).family == "qwen_image"   # the layer picker reads the same
@@ -71,15 +71,15 @@ def test_pag_on_one_dit_block_changes_the_samples(setting):
 
 
 def test_defaults_perturb_the_measured_layers(setting):
-    """'default' on the 8-block DiT: PAG perturbs the middle third (double.3-5), SEG the middle block (double.4);
-    PAG's default differs from PAG on the middle block alone."""
+    """'default' on the 8-block DiT: PAG perturbs the block at 5/8 of the depth (double.5), SEG the middle block
+    (double.4); the two perturb differently."""
     from guidekit.nodes.pag import PerturbedAttentionGuidanceGK
     from guidekit.nodes.seg import SmoothedEnergyGuidanceGK
 
     def sample(node, layers):
         return setting.sample(node.run(model=setting.model, scale=1.0, layers=layers)[0], 1.0, seed=7, n=2, steps=3)
     pag_default = sample(PerturbedAttentionGuidanceGK, "default")
-    torch.testing.assert_close(pag_default, sample(PerturbedAttentionGuidanceGK, "double.3-5"), rtol=0, atol=1e-6)
+    torch.testing.assert_close(pag_default, sample(PerturbedAttentionGuidanceGK, "double.5"), rtol=0, atol=1e-6)
     assert (pag_default - sample(PerturbedAttentionGuidanceGK, "double.4")).abs().max() > 1e-3
     seg_default = sample(SmoothedEnergyGuidanceGK, "default")
     torch.testing.assert_close(seg_default, sample(SmoothedEnergyGuidanceGK, "double.4"), rtol=0, atol=1e-6)

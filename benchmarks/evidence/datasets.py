@@ -204,11 +204,12 @@ def mnist_dit() -> MNISTSetting:
     return setting
 
 
-def mnist_dit_seed1() -> MNISTSetting:
-    """The same DiT trained from seed 1 for as many iterations (`mnist-dit-28-s1`): whether the per-block PAG
-    sweep of `mnist-dit` holds on a second model of the same recipe."""
-    setting = MNISTSetting(WEIGHTS / "mnist-dit-28-s1.safetensors", name="mnist-dit-s1", size=mnist_data.NATIVE)
-    setting.note = "Model `mnist-dit-28-s1`: `mnist-dit-28`'s recipe and iterations (1,382) from seed 1."
+def mnist_dit_seeded(seed: int) -> MNISTSetting:
+    """The same DiT trained from another seed for as many iterations (`mnist-dit-28-s<seed>`): whether the
+    per-block PAG sweep of `mnist-dit`, and the preset chosen from it, hold on other models of the same recipe."""
+    name = f"mnist-dit-s{seed}"
+    setting = MNISTSetting(WEIGHTS / f"mnist-dit-28-s{seed}.safetensors", name=name, size=mnist_data.NATIVE)
+    setting.note = f"Model `mnist-dit-28-s{seed}`: `mnist-dit-28`'s recipe and iterations (1,382) from seed {seed}."
     return setting
 
 
@@ -224,4 +225,5 @@ def toy_reference_protocol() -> ToySetting:
 
 SETTINGS = {"toy": toy_main, "toy-ref": toy_reference_protocol, "mnist": MNISTSetting,
             "mnist-uncond": MNISTUncondSetting, "mnist-28": mnist_native, "mnist-uncond-28": mnist_uncond_native,
-            "mnist-dit": mnist_dit, "mnist-dit-s1": mnist_dit_seed1}
+            "mnist-dit": mnist_dit, "mnist-dit-s1": lambda: mnist_dit_seeded(1),
+            "mnist-dit-s2": lambda: mnist_dit_seeded(2)}

@@ -89,14 +89,20 @@ DIT_PAG_SCALE = 1.0                 # PAG 3 on the middle block over-guides this
                                     # unguided 313, accuracy 0.50 vs 0.68), as PAG 3 did on mnist-main; it runs as a row
 DIT_SEG_SCALE = 3.0                 # SEG's paper scale
 DIT_SEG_BLOCKS = (0, 4, 7)          # first, middle (the documented default of a DiT without a published layer), last
+DIT_SEEDS = ("mnist-dit-s1", "mnist-dit-s2")   # the same recipe from other seeds: one scale per method
+
+
+def _on_seeds(scales: tuple) -> dict:
+    return dict.fromkeys(DIT_SEEDS, scales)
+
 
 register(Method("unguided", "unguided",
                 {"toy": (1.0,), "toy-ref": (1.0,), "mnist": (1.0,), "mnist-uncond": (1.0,), "mnist-28": (1.0,),
-                 "mnist-uncond-28": (1.0,), "mnist-dit": (1.0,), "mnist-dit-s1": (1.0,)},
+                 "mnist-uncond-28": (1.0,), "mnist-dit": (1.0,), **_on_seeds((1.0,))},
                 lambda m, s, d: (m, 1.0)))
 register(Method("cfg", "CFG {s}", {"toy": (1.5, 2.0, 3.0, 4.0), "toy-ref": (2.0, 4.0),
                                    "mnist": (1.5, 2.0, 3.0, 5.0), "mnist-28": (1.5, 2.0, 3.0),
-                                   "mnist-dit": DIT_CFG, "mnist-dit-s1": (2.0,)},
+                                   "mnist-dit": DIT_CFG, **_on_seeds((2.0,))},
                 cfg))
 register(Method("cfg-null", "earlier toy-main: CFG {s} (null token)",
                 {"toy": (1.0, 2.0, 4.0), "toy-ref": (1.0, 2.0)},
@@ -120,20 +126,20 @@ def _seg_on(block: int) -> Apply:
 for _block in range(DIT_BLOCKS):
     scales = (DIT_PAG_SCALE, 3.0) if _block == DIT_BLOCKS // 2 else (DIT_PAG_SCALE,)
     register(Method(f"pag-double.{_block}", f"PAG {{s}} on double.{_block}",
-                    {"mnist-dit": scales, "mnist-dit-s1": (DIT_PAG_SCALE,)}, _pag_on(_block)))
+                    {"mnist-dit": scales, **_on_seeds((DIT_PAG_SCALE,))}, _pag_on(_block)))
 # issue 20: no single block helps both trained DiTs but double.5 — do spans of blocks (one extra pass, as one block)
-# hold across the two models? The spans are relative depths any family has: all, the middle third, the second half
+# hold across the models? The spans are relative depths any family has: all, the middle third, the second half
 DIT_PAG_SPANS = {"all": ("all", (0.5, 1.0)), "middle-third": ("double.3-5", (1.0,)),
                  "second-half": ("double.4-7", (1.0,))}
 for _span, (_layers, _scales) in DIT_PAG_SPANS.items():
-    register(Method(f"pag-{_span}", f"PAG {{s}} on {_layers}", {"mnist-dit": _scales, "mnist-dit-s1": _scales},
+    register(Method(f"pag-{_span}", f"PAG {{s}} on {_layers}", {"mnist-dit": _scales, **_on_seeds(_scales)},
                     (lambda layers: lambda m, s, d: (PerturbedAttentionGuidanceGK.run(
                         model=m, scale=s, layers=layers)[0], 1.0))(_layers)))
 register(Method("seg-middle-third", "SEG {s} on double.3-5", {"mnist-dit": (DIT_SEG_SCALE,),
-                                                              "mnist-dit-s1": (DIT_SEG_SCALE,)},
+                                                              **_on_seeds((DIT_SEG_SCALE,))},
                 lambda m, s, d: (SmoothedEnergyGuidanceGK.run(model=m, scale=s, layers="double.3-5")[0], 1.0)))
 for _block in DIT_SEG_BLOCKS:
-    seeds = {"mnist-dit-s1": (DIT_SEG_SCALE,)} if _block == DIT_BLOCKS // 2 else {}   # the middle: both models
+    seeds = _on_seeds((DIT_SEG_SCALE,)) if _block == DIT_BLOCKS // 2 else {}   # the middle: every model
     register(Method(f"seg-double.{_block}", f"SEG {{s}} on double.{_block}", {"mnist-dit": (DIT_SEG_SCALE,), **seeds},
                     _seg_on(_block)))
 register(Method("sag", "SAG {s}", {"mnist": (0.5, 1.0), "mnist-28": (1.0,)},
