@@ -49,7 +49,7 @@ def test_pag_preset_without_a_reference_is_the_block_at_five_eighths(stacks, exp
     assert five_eighths_deep([(place, i) for place, n in stacks for i in range(n)]) == expected
 
 
-def test_five_eighths_is_one_block_past_the_middle_and_the_middle_on_small_models():
+def test_five_eighths_is_within_a_block_of_5n_over_8_and_the_middle_on_small_models():
     from guidekit.nodes.layers import five_eighths_deep
     for n in range(1, 121):
         index = int(five_eighths_deep([("block", i) for i in range(n)]).removeprefix("block."))

@@ -115,33 +115,31 @@ register(Method("seg-16", "SEG {s} on the 16×16 layers", {"mnist-28": (3.0,)}, 
                 lambda m, s, d: (SmoothedEnergyGuidanceGK.run(model=m, scale=s, layers="input.3, output.2-3")[0], 1.0)))
 
 
-def _pag_on(block: int) -> Apply:
-    return lambda m, s, d: (PerturbedAttentionGuidanceGK.run(model=m, scale=s, layers=f"double.{block}")[0], 1.0)
+def _pag_on(layers: str) -> Apply:
+    return lambda m, s, d: (PerturbedAttentionGuidanceGK.run(model=m, scale=s, layers=layers)[0], 1.0)
 
 
-def _seg_on(block: int) -> Apply:
-    return lambda m, s, d: (SmoothedEnergyGuidanceGK.run(model=m, scale=s, layers=f"double.{block}")[0], 1.0)
+def _seg_on(layers: str) -> Apply:
+    return lambda m, s, d: (SmoothedEnergyGuidanceGK.run(model=m, scale=s, layers=layers)[0], 1.0)
 
 
 for _block in range(DIT_BLOCKS):
     scales = (DIT_PAG_SCALE, 3.0) if _block == DIT_BLOCKS // 2 else (DIT_PAG_SCALE,)
     register(Method(f"pag-double.{_block}", f"PAG {{s}} on double.{_block}",
-                    {"mnist-dit": scales, **_on_seeds((DIT_PAG_SCALE,))}, _pag_on(_block)))
+                    {"mnist-dit": scales, **_on_seeds((DIT_PAG_SCALE,))}, _pag_on(f"double.{_block}")))
 # issue 20: no single block helps both trained DiTs but double.5 — do spans of blocks (one extra pass, as one block)
 # hold across the models? The spans are relative depths any family has: all, the middle third, the second half
 DIT_PAG_SPANS = {"all": ("all", (0.5, 1.0)), "middle-third": ("double.3-5", (1.0,)),
                  "second-half": ("double.4-7", (1.0,))}
 for _span, (_layers, _scales) in DIT_PAG_SPANS.items():
     register(Method(f"pag-{_span}", f"PAG {{s}} on {_layers}", {"mnist-dit": _scales, **_on_seeds(_scales)},
-                    (lambda layers: lambda m, s, d: (PerturbedAttentionGuidanceGK.run(
-                        model=m, scale=s, layers=layers)[0], 1.0))(_layers)))
-register(Method("seg-middle-third", "SEG {s} on double.3-5", {"mnist-dit": (DIT_SEG_SCALE,),
-                                                              **_on_seeds((DIT_SEG_SCALE,))},
-                lambda m, s, d: (SmoothedEnergyGuidanceGK.run(model=m, scale=s, layers="double.3-5")[0], 1.0)))
+                    _pag_on(_layers)))
+register(Method("seg-middle-third", "SEG {s} on double.3-5",
+                {"mnist-dit": (DIT_SEG_SCALE,), **_on_seeds((DIT_SEG_SCALE,))}, _seg_on("double.3-5")))
 for _block in DIT_SEG_BLOCKS:
     seeds = _on_seeds((DIT_SEG_SCALE,)) if _block == DIT_BLOCKS // 2 else {}   # the middle: every model
     register(Method(f"seg-double.{_block}", f"SEG {{s}} on double.{_block}", {"mnist-dit": (DIT_SEG_SCALE,), **seeds},
-                    _seg_on(_block)))
+                    _seg_on(f"double.{_block}")))
 register(Method("sag", "SAG {s}", {"mnist": (0.5, 1.0), "mnist-28": (1.0,)},
                 lambda m, s, d: (SelfAttentionGuidanceGK.run(model=m, scale=s)[0], 1.0)))
 register(Method("cfg+pag", "CFG 2 + PAG {s}", {"mnist": (2.0,)},
